@@ -1,0 +1,149 @@
+"""Shared fixtures: a tiny WordPiece vocabulary and tiny BERT-family models built from configs.
+
+Nothing is downloaded: every model here is randomly initialised from a config small enough
+(2 layers, hidden 32) that a training step takes milliseconds on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+import pytest
+
+import tfcompress._compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before transformers imports TF)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "the a an movie film story it is was not very and of to in on with good great fun loved "
+    "wonderful bad terrible boring hated awful john smith mary london paris germany berlin eu "
+    "reuters said told visit visited team won lost cup . , ! ?"
+).split()
+SUFFIXES = ["##s", "##ing", "##ed", "##ly", "##er"]
+LETTERS = list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase] + list(string.digits)
+VOCAB = SPECIAL_TOKENS + WORDS + SUFFIXES + LETTERS
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab_dir(tmp_path_factory) -> Path:
+    """A directory holding vocab.txt and a BertTokenizerFast saved next to it (lower-casing)."""
+    from transformers import BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_vocab")
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_vocab_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_vocab_dir))
+
+
+def tiny_config(model_type: str = "bert", **overrides):
+    """A 2-layer, hidden-32 config of the given family with dropout off (deterministic steps)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=len(VOCAB), pad_token_id=0)
+    if model_type == "distilbert":
+        kwargs = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
+                      dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)
+    else:
+        kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      max_position_embeddings=64, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, type_vocab_size=2)
+        if model_type == "roberta":
+            kwargs["max_position_embeddings"] = 66  # RoBERTa offsets positions by padding_idx + 1
+            common["pad_token_id"] = 1
+        if model_type == "electra":
+            kwargs["embedding_size"] = 16
+    kwargs.update(common)
+    kwargs.update(overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def build_tiny_model(task: str = "sequence", model_type: str = "bert", num_labels: int = 2, **overrides):
+    """Build (and call once) a tiny TF model for ``task`` in {"sequence", "token"}."""
+    from tfcompress._compat import tf
+    from transformers import TFAutoModelForSequenceClassification, TFAutoModelForTokenClassification
+
+    tf.random.set_seed(0)
+    config = tiny_config(model_type, num_labels=num_labels, **overrides)
+    cls = TFAutoModelForSequenceClassification if task == "sequence" else TFAutoModelForTokenClassification
+    model = cls.from_config(config)
+    model(model.dummy_inputs, training=False)
+    return model
+
+
+@pytest.fixture
+def tiny_bert():
+    """Tiny BERT sequence classifier (2 labels)."""
+    return build_tiny_model("sequence", "bert")
+
+
+@pytest.fixture
+def tiny_bert_token():
+    """Tiny BERT token classifier with the 9 CoNLL IOB2 labels."""
+    return build_tiny_model("token", "bert", num_labels=9)
+
+
+CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+SST_ROWS = [
+    ("a good movie", 1), ("a great film", 1), ("it was fun", 1), ("loved it", 1),
+    ("a wonderful story", 1), ("very good", 1), ("a bad movie", 0), ("a terrible film", 0),
+    ("it was boring", 0), ("hated it", 0), ("an awful story", 0), ("very bad", 0),
+]
+
+CONLL_TEXT = """-DOCSTART- -X- -X- O
+
+john NNP B-NP B-PER
+smith NNP I-NP I-PER
+visited VBD B-VP O
+london NNP B-NP B-LOC
+. . O O
+
+the DT B-NP O
+eu NNP I-NP B-ORG
+said VBD B-VP O
+it PRP B-NP O
+won VBD B-VP O
+. . O O
+
+mary NNP B-NP B-PER
+told VBD B-VP O
+reuters NNP B-NP B-ORG
+in IN B-PP O
+berlin NNP B-NP B-LOC
+. . O O
+"""
+
+
+@pytest.fixture
+def sst_tsv(tmp_path) -> Path:
+    """A tiny SST-2-format TSV (header ``sentence<TAB>label``), 12 rows, both labels."""
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in SST_ROWS))
+    return path
+
+
+@pytest.fixture
+def conll_file(tmp_path) -> Path:
+    """A tiny CoNLL-2003-format file (3 sentences, IOB2, with a -DOCSTART- line)."""
+    path = tmp_path / "train.txt"
+    path.write_text(CONLL_TEXT)
+    return path
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` for the slow tier; skips when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
