@@ -21,7 +21,7 @@ WORDS = (
 ).split()
 SUFFIXES = ["##s", "##ing", "##ed", "##ly", "##er"]
 LETTERS = list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase] + list(string.digits)
-VOCAB = SPECIAL_TOKENS + WORDS + SUFFIXES + LETTERS
+VOCAB = list(dict.fromkeys(SPECIAL_TOKENS + WORDS + SUFFIXES + LETTERS))  # no duplicate entries
 
 
 @pytest.fixture(scope="session")

@@ -53,9 +53,11 @@ class _Interrupt(Hook):
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, sst_encoded):
     config = TrainConfig(max_steps=8, batch_size=4, learning_rate=1e-3, checkpoint_every=3, log_every=1)
     straight = build_tiny_model("sequence")
+    start = straight.get_weights()
     Trainer(straight, "sequence", config, tmp_path / "straight").fit(sst_encoded)
 
     interrupted = build_tiny_model("sequence")
+    interrupted.set_weights(start)
     with pytest.raises(KeyboardInterrupt):
         Trainer(interrupted, "sequence", config, tmp_path / "resumed", hooks=[_Interrupt(5)]).fit(sst_encoded)
     resumed_model = build_tiny_model("sequence")  # a fresh process would start from fresh weights
@@ -69,15 +71,16 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, sst_encode
 def test_gradient_accumulation_matches_one_large_batch(tmp_path, sst_encoded):
     eight = sst_encoded.select(list(range(8)))
     large = build_tiny_model("sequence")
+    start = large.get_weights()
     accumulated = build_tiny_model("sequence")
-    accumulated.set_weights(large.get_weights())
+    accumulated.set_weights(start)
     Trainer(large, "sequence", TrainConfig(max_steps=1, batch_size=8, learning_rate=1e-2, warmup_ratio=0),
             tmp_path / "large").fit(eight)
     Trainer(accumulated, "sequence",
             TrainConfig(max_steps=1, batch_size=4, grad_accum_steps=2, learning_rate=1e-2, warmup_ratio=0),
             tmp_path / "accumulated").fit(eight)
     changed = False
-    for a, b, start in zip(_weights(large), _weights(accumulated), build_tiny_model("sequence").get_weights()):
+    for a, b, start in zip(_weights(large), _weights(accumulated), start):
         np.testing.assert_allclose(a, b, atol=2e-5)
         changed |= not np.allclose(a, start)
     assert changed

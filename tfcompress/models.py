@@ -290,16 +290,26 @@ def _load_pytorch_safetensors(cls, config, directory: Path):
     return model
 
 
+_HEAD_NAMES = ("classifier", "pre_classifier", "qa_outputs")
+
+
 def _load_h5(cls, config, directory: Path):
     try:
+        # A head of another size (new labels on a generic LABEL_i head) is re-initialised, not an error;
+        # the mismatch is logged below. Fine-tuned labels that differ were refused earlier.
         model, info = cls.from_pretrained(str(directory), config=config, use_safetensors=False,
-                                          output_loading_info=True, trust_remote_code=False)
+                                          output_loading_info=True, trust_remote_code=False,
+                                          ignore_mismatched_sizes=True)
     except Exception as error:
         raise ModelLoadError(f"could not load {directory / TF_WEIGHTS_NAME}: {_short(error, 400)}") from error
     _build(model)
-    if info.get("mismatched_keys"):
-        raise ModelLoadError(f"weights in {directory / TF_WEIGHTS_NAME} have mismatched shapes: "
-                             f"{info['mismatched_keys'][:5]}")
+    mismatched = info.get("mismatched_keys") or []
+    body = [m for m in mismatched if not any(h in str(m[0]) for h in _HEAD_NAMES)]
+    if body:
+        raise ModelLoadError(f"weights in {directory / TF_WEIGHTS_NAME} have mismatched shapes: {body[:5]}")
+    if mismatched:
+        logger.info("task head re-initialised for %d labels (checkpoint head had another size): %s",
+                    config.num_labels, ", ".join(str(m[0]) for m in mismatched))
     if info.get("missing_keys"):
         logger.info("newly initialised (not in %s): %s", TF_WEIGHTS_NAME, ", ".join(info["missing_keys"]))
     return model

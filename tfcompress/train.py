@@ -373,8 +373,12 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- train
     def _dataset(self, train, epoch: int, skip_batches: int):
-        dataset = train.tf_dataset(self.config.batch_size, shuffle=True, seed=self.config.seed, epoch=epoch,
-                                   skip_batches=skip_batches)
+        if getattr(self.model, "needs_example_index", False):
+            # A Distiller with cached teacher outputs looks them up by row of ``train``.
+            dataset = _indexed_dataset(train, self.config.batch_size, self.config.seed, epoch, skip_batches)
+        else:
+            dataset = train.tf_dataset(self.config.batch_size, shuffle=True, seed=self.config.seed, epoch=epoch,
+                                       skip_batches=skip_batches)
         if self.strategy.num_replicas_in_sync > 1:
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -456,6 +460,11 @@ class Trainer:
                     for hook in self.hooks:
                         logs.update(hook.summaries(self, self.global_step))
                     tracker.scalars(self.global_step, logs, prefix="train")
+                    if progress.disable:  # no TTY: a concise log line instead of the progress bar
+                        rate = train_seconds / max(self.global_step - resumed_from, 1)
+                        log.info("%s step %d/%d loss %.4f lr %.2e %.0f ex/s ETA %.0f min", self.stage,
+                                 self.global_step, self.total_steps, logs["loss"], logs["learning_rate"],
+                                 logs["examples_per_second"], rate * (self.total_steps - self.global_step) / 60)
                 done = self.global_step >= self.total_steps
                 if eval is not None and (self.global_step % eval_every == 0 or done):
                     last_metrics = self._evaluate_and_track(eval, tracker, primary)
@@ -509,6 +518,22 @@ class Trainer:
         for hook in self.hooks:
             hook.on_evaluate(self, step, metrics)
         return metrics
+
+
+def _indexed_dataset(train, batch_size: int, seed: int, epoch: int, skip_batches: int):
+    """``train.tf_dataset(shuffle=True)`` plus ``features["example_index"]`` (int32 [B], rows of ``train``)."""
+    order = train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch)[skip_batches:]
+
+    def generate():
+        for indices in order:
+            features, labels = train.padded_batch(indices)
+            features["example_index"] = np.asarray(indices, np.int32)
+            yield features, labels
+
+    signature = ({**{name: tf.TensorSpec([None, None], tf.int32) for name in train.features},
+                  "example_index": tf.TensorSpec([None], tf.int32)},
+                 tf.TensorSpec([None] if train.task == "sequence" else [None, None], tf.int32))
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
 
 
 def _batch_size(labels, strategy) -> int:
