@@ -1,14 +1,24 @@
 #!/usr/bin/env python
-"""CoNLL-2003 NER: fine-tune the packaged all-MiniLM-L6-v2 as a token classifier; entity-level F1.
+"""CoNLL-2003 NER: fine-tune the packaged all-MiniLM-L6-v2 as a token classifier, prune, export, gate.
 
 Command (full data, the acceptance run)::
 
     python recipes/conll2003.py --output-dir runs/conll2003
 
+Stages (default): finetune -> prune -> export -> evaluate -> release; ``--student-layers 3`` /
+``--distill-from DIR`` add distillation, ``--qat-epochs N`` adds quantization-aware training.
+Rerunning the same command skips finished stages and resumes an interrupted one.
+
 Data: ``../shared/data/conll2003`` (train.txt 14,041 sentences, dev.txt 3,250 for checkpoint
 selection, test.txt 3,453 for the reported number). F1 is seqeval's strict entity-level F1
 (IOB2), never token-level F1 with ``O``. The model is uncased, which costs NER some accuracy.
-Expected on a 2-core CPU: see the recipe table in README.md (numbers measured by this command).
+Artifacts have a fixed length (the 99th-percentile training length); test sentences longer than it are
+truncated for the artifact and for its Keras reference alike, and the words cut off are not scored.
+
+Expected time on 2 CPU cores: to be measured (3 x 439 fine-tuning steps + 439 pruning steps at
+~0.6 s/step for ~64-token batches = about 18 min of training, plus export and evaluation).
+Expected results: to be measured (recipe table in README.md, from OUTPUT/report.md of this command).
+
 Smoke mode::
 
     python recipes/conll2003.py --smoke --output-dir runs/conll2003-smoke
@@ -19,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tfcompress.pipeline import DataConfig, RecipeConfig, recipe_main  # noqa: E402
+from tfcompress.prune import PruneConfig  # noqa: E402
 from tfcompress.train import TrainConfig  # noqa: E402
 
 DEFAULTS = RecipeConfig(
@@ -30,7 +41,13 @@ DEFAULTS = RecipeConfig(
     # 14,041 / 32 = 439 steps per epoch.
     train=TrainConfig(epochs=3, batch_size=32, learning_rate=1e-4, warmup_ratio=0.1, eval_every=0,
                       log_every=50, checkpoint_every=200),
-    stages=["finetune"],
+    prune=PruneConfig(final_sparsity=0.5, schedule="polynomial"),
+    prune_train=TrainConfig(epochs=1, batch_size=32, learning_rate=5e-5, warmup_ratio=0.0, eval_every=0,
+                            log_every=50, checkpoint_every=200, restore_best=False),
+    distill_train=TrainConfig(epochs=3, batch_size=32, learning_rate=1e-4, log_every=50, checkpoint_every=200),
+    qat_train=TrainConfig(epochs=1, batch_size=32, learning_rate=2e-5, warmup_ratio=0.0, log_every=50,
+                          checkpoint_every=200, restore_best=False),
+    stages=["finetune", "prune", "export", "evaluate", "release"],
 )
 FILES = {"train": "train.txt", "eval": "dev.txt", "test": "test.txt"}
 

@@ -1,9 +1,13 @@
-"""Recipes and CLI run for real, on a tiny model directory and tiny data files."""
+"""Recipes run for real, on a tiny model directory and tiny data files.
+
+The SST-2 recipe runs its whole default chain (finetune, prune, export, evaluate, release) on a
+12-sentence TSV; the CoNLL recipe takes the token task through export, evaluate and release.
+Resume, kill and config-change behaviour is in test_pipeline.py; flags in test_cli.py.
+"""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
@@ -22,33 +26,38 @@ def tiny_model_dir(tmp_path, tiny_tokenizer):
     return path
 
 
-def _run(args, timeout=600):
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done
+def _run(args):
+    """``python recipes/NAME.py ARGS``, in this process (saves TensorFlow's start-up per run)."""
+    from tfcompress.pipeline import recipe_main
+
+    recipe = _recipe(Path(args[0]).stem)
+    return recipe_main(recipe["DEFAULTS"], recipe.get("FILES"), Path(args[0]).stem, recipe["__doc__"], argv=args[1:])
 
 
-def test_sst2_recipe_smoke_runs_end_to_end_and_skips_finished_stage(tmp_path, tiny_model_dir):
+def test_sst2_recipe_smoke_runs_every_default_stage_and_releases(tmp_path, tiny_model_dir, capsys):
     data_dir = tmp_path / "sst2"
     data_dir.mkdir()
     rows = "sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in SST_ROWS)
     for name in ("train.tsv", "validation.tsv", "test.tsv"):
         (data_dir / name).write_text(rows)
     out = tmp_path / "run"
-    args = ["recipes/sst2.py", "--smoke", "--model", str(tiny_model_dir), "--data-dir", str(data_dir),
-            "--output-dir", str(out), "--set", "train.learning_rate=0.003"]
-    _run(args)
+    _run(["recipes/sst2.py", "--smoke", "--model", str(tiny_model_dir), "--data-dir", str(data_dir),
+                 "--output-dir", str(out), "--batch-size", "4", "--export", "fp32,dynamic",
+                 "--set", "train.learning_rate=0.003"])
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "sst2" and report["metric"] == "accuracy"
+    assert [s["name"] for s in report["stages"]] == ["finetune", "prune", "export", "evaluate", "release"]
     finetune = report["stages"][0]
-    assert finetune["name"] == "finetune" and 0.0 <= finetune["metrics"]["accuracy"] <= 1.0
+    assert 0.0 <= finetune["metrics"]["accuracy"] <= 1.0
     assert (out / "finetune" / "model" / "config.json").exists()
-    assert (out / "finetune" / "manifest.json").exists()
-    again = _run(args)
-    assert "done already" in again.stderr
+    assert (out / "prune" / "model" / "tf_model.h5").exists()
+    assert {a["name"] for a in report["artifacts"]} == {"fp32", "dynamic"}
+    assert report["stages"][-1]["released"] and (out / "release" / "fp32" / "manifest.json").exists()
+    assert (out / "report.md").exists() and (out / "tradeoff.png").exists()
+    assert "released: " in capsys.readouterr().out
 
 
-def test_conll_recipe_smoke_reports_entity_f1(tmp_path, tiny_vocab_dir):
+def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny_vocab_dir):
     from tfcompress.models import load_tokenizer, save_model
 
     model_dir = tmp_path / "tiny-ner"
@@ -59,21 +68,45 @@ def test_conll_recipe_smoke_reports_entity_f1(tmp_path, tiny_vocab_dir):
         (data_dir / name).write_text(CONLL_TEXT)
     out = tmp_path / "run"
     _run(["recipes/conll2003.py", "--smoke", "--model", str(model_dir), "--data-dir", str(data_dir),
-          "--output-dir", str(out)])
+          "--output-dir", str(out), "--stages", "finetune,export,evaluate,release", "--export", "fp32",
+          "--set", "train.learning_rate=0.003"])
     report = json.loads((out / "report.json").read_text())
     assert report["metric"] == "f1"
     assert {"f1", "precision", "recall"} <= set(report["stages"][0]["metrics"])
+    fp32 = report["artifacts"][0]
+    assert fp32["name"] == "fp32" and "f1" in fp32["metrics"] and fp32["agreement"] == 1.0
+    assert (out / "release" / "fp32" / "labels.txt").read_text().split()[0] == "O"
 
 
-def test_bad_override_exits_with_code_2_and_names_the_field(tmp_path):
-    done = subprocess.run([sys.executable, "recipes/sst2.py", "--data-dir", str(tmp_path), "--set", "train.nope=1"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 2
-    assert "train.nope" in done.stderr or "not found" in done.stderr
+def _recipe(name):
+    return runpy.run_path(str(ROOT / "recipes" / f"{name}.py"), run_name="recipe_under_test")
 
 
-def test_env_command_prints_stack_versions():
-    done = _run(["-m", "tfcompress.cli", "env", "--json"])
-    info = json.loads(done.stdout)
-    assert info["versions"]["tensorflow"].startswith("2.")
-    assert info["tf_keras_is_tf_keras"] is True
+@pytest.mark.parametrize("name", ["sst2", "conll2003", "custom_csv"])
+def test_recipe_docstring_states_command_time_and_results(name):
+    recipe = _recipe(name)
+    doc = recipe["__doc__"]
+    assert f"python recipes/{name}.py" in doc
+    assert "Expected time on 2 CPU cores" in doc and "Expected results" in doc
+    assert recipe["DEFAULTS"].stages == ["finetune", "prune", "export", "evaluate", "release"]
+
+
+def test_bad_override_exits_with_code_2_and_names_the_field(tmp_path, capsys):
+    from tfcompress.pipeline import recipe_main
+
+    recipe = _recipe("sst2")
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main(recipe["DEFAULTS"], recipe["FILES"], "sst2", "", argv=["--data-dir", str(tmp_path),
+                                                                           "--set", "train.nope=1"])
+    assert exit_info.value.code == 2
+    assert "train.nope" in capsys.readouterr().err
+
+
+def test_custom_csv_recipe_needs_a_train_file(capsys):
+    from tfcompress.pipeline import recipe_main
+
+    recipe = _recipe("custom_csv")
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main(recipe["DEFAULTS"], None, None, "", argv=["--smoke"])
+    assert exit_info.value.code == 2
+    assert "--train-file" in capsys.readouterr().err

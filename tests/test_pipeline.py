@@ -1,0 +1,211 @@
+"""The stage pipeline: resume after SIGKILL, config changes, report.md / tradeoff.png, stage chains.
+
+One tiny end-to-end chain (tiny BERT, 12-row CSV with string labels, the custom_csv recipe through
+``tfcompress run``) serves several assertions; the rest are in-process and need no model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SST_ROWS, build_tiny_model
+from tfcompress import pipeline, report as report_module
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAIN = ["finetune", "prune", "export", "evaluate", "release"]
+
+
+# ------------------------------------------------------------------------------ in-process
+def _report_data():
+    latency = lambda p50: {"threads1": {"p50": p50 * 1.5, "p90": p50 * 2}, "threads2": {"p50": p50, "p90": p50 * 1.2}}  # noqa: E731
+    return {
+        "task": "sst2", "metric": "accuracy", "model": {"name": "tiny", "params": 1000},
+        "stages": [
+            {"name": "finetune", "metrics": {"accuracy": 0.90}, "seconds": 10.0, "size_bytes": 4_000_000,
+             "gzip_bytes": 3_600_000, "sparsity": 0.0},
+            {"name": "prune", "metrics": {"accuracy": 0.895}, "seconds": 5.0, "size_bytes": 4_000_000,
+             "gzip_bytes": 2_000_000, "sparsity": 0.5},
+            {"name": "export", "metrics": {}, "seconds": 3.0},
+            {"name": "release", "metrics": {}, "seconds": 0.1, "released": ["int8"],
+             "blocked": {"int16x8": "failed the parity gate"}},
+        ],
+        "artifacts": [
+            {"name": "int8", "format": "tflite", "metrics": {"accuracy": 0.893}, "size_bytes": 1_000_000,
+             "gzip_bytes": 600_000, "sparsity": 0.5, "latency_ms": latency(1.0), "passed": True, "float_ops": []},
+            {"name": "int16x8", "format": "tflite", "metrics": {"accuracy": 0.85}, "size_bytes": 1_100_000,
+             "gzip_bytes": 700_000, "sparsity": 0.5, "latency_ms": latency(3.0), "passed": False,
+             "float_ops": ["GATHER x1"]},
+            {"name": "stock-dynamic", "format": "tflite", "metrics": {"accuracy": 0.89}, "size_bytes": 2_300_000,
+             "gzip_bytes": 1_760_000, "sparsity": 0.0, "latency_ms": latency(1.46), "passed": True, "stock": True},
+        ],
+    }
+
+
+def test_report_markdown_has_a_row_per_stage_model_and_artifact_with_deltas():
+    text = report_module.render_markdown(_report_data())
+    header = ("| stage / artifact | accuracy | Δ vs fine-tuned fp32 | size | gzip size | sparsity "
+              "| p50 1 thread | p50 2 threads | passed |")
+    assert header in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split("|")[1].strip() for row in rows[:5]] == [
+        "finetune (Keras)", "prune (Keras)", "int8 (tflite)", "int16x8 (tflite)", "stock-dynamic (tflite) [stock]"]
+    int8 = rows[2]
+    assert "0.8930" in int8 and "-0.70" in int8 and "1.00 MB" in int8 and "0.60 MB" in int8
+    assert "50.0%" in int8 and "1.50 ms" in int8 and "1.00 ms" in int8 and "| yes |" in int8
+    assert "**no**" in rows[3]
+    assert "int16x8: not released: failed the parity gate" in text
+
+
+def test_tradeoff_plot_is_written_atomically_as_png(tmp_path):
+    path = tmp_path / "tradeoff.png"
+    assert report_module.plot_tradeoff(_report_data(), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["tradeoff.png"]  # no temporary file left
+    assert not report_module.plot_tradeoff({"metric": "accuracy", "stages": [], "artifacts": []}, tmp_path / "x.png")
+
+
+def test_config_change_changes_only_that_stage_and_the_ones_after():
+    config = pipeline.RecipeConfig(stages=["finetune", "distill", "prune", "export", "evaluate", "release"])
+    before = pipeline.stage_hashes(config)
+    config.evaluate.accuracy_budget = 2.0
+    after = pipeline.stage_hashes(config)
+    changed = [name for name in before if before[name] != after[name]]
+    assert changed == ["evaluate", "release"]
+    config.prune.final_sparsity = 0.8
+    changed = [name for name in after if pipeline.stage_hashes(config)[name] != after[name]]
+    assert changed == ["prune", "export", "evaluate", "release"]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], CHAIN),
+    (["--student-layers", "3"], ["finetune", "distill", "prune", "export", "evaluate", "release"]),
+    (["--distill-from", "teacher"], ["distill", "prune", "export", "evaluate", "release"]),
+    (["--qat-epochs", "1"], ["finetune", "prune", "qat", "export", "evaluate", "release"]),
+    (["--stages", "export,evaluate"], ["export", "evaluate"]),
+])
+def test_recipe_flags_choose_the_stage_chain(flags, expected):
+    import argparse
+
+    defaults = pipeline.RecipeConfig(stages=list(CHAIN))
+    parser = argparse.ArgumentParser()
+    pipeline.add_recipe_arguments(parser, defaults)
+    assert pipeline.chain_stages(parser.parse_args(flags), defaults) == expected
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.fixture
+def tiny_run(tmp_path, tiny_tokenizer):
+    """A tiny model directory and a CSV with string labels; the command that runs the chain on them."""
+    from tfcompress.models import save_model
+
+    model_dir = tmp_path / "tiny-model"
+    save_model(build_tiny_model("sequence"), tiny_tokenizer, model_dir)
+    names = {0: "negative", 1: "positive"}
+    csv = tmp_path / "train.csv"
+    csv.write_text("text,label\n" + "".join(f"{s},{names[l]}\n" for s, l in SST_ROWS))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "tfcompress.cli", "run", "custom_csv", "--smoke", "--model", str(model_dir),
+               "--train-file", str(csv), "--output-dir", str(out), "--batch-size", "4", "--export", "fp32,int8",
+               "--set", "train.learning_rate=0.003"]
+    return command, out
+
+
+@pytest.fixture
+def stage_log():
+    """Messages of the ``tfcompress`` loggers while the test runs (they do not propagate to root)."""
+    import logging
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.INFO)
+    logger = logging.getLogger("tfcompress")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+def _ran(messages: list[str]) -> list[str]:
+    return [name for name in pipeline.STAGE_ORDER if any(m.startswith(f"stage {name}: running") for m in messages)]
+
+
+def _skipped(messages: list[str]) -> list[str]:
+    return [name for name in pipeline.STAGE_ORDER if any(m.startswith(f"stage {name}: done already") for m in messages)]
+
+
+def _in_process(command: list[str], monkeypatch) -> None:
+    """The same ``tfcompress run ...`` command in this process (saves TensorFlow's start-up)."""
+    from tfcompress import cli
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli's run sets sys.argv for the recipe
+    assert cli.main(command[3:]) == 0
+
+
+def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, stage_log, monkeypatch):
+    command, out = tiny_run
+    # 1. A real process, killed with SIGKILL as soon as the first stage has finished.
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    try:
+        while not (out / "finetune" / "manifest.json").exists():
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "finetune never finished"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    json.loads((out / "report.json").read_text())  # never half-written
+    assert not (out / "release" / "manifest.json").exists()
+    finetune_manifest = (out / "finetune" / "manifest.json").read_text()
+
+    # 2. The same command again: finetune is skipped, the rest runs, the report is complete.
+    _in_process(command, monkeypatch)
+    assert _skipped(stage_log) == ["finetune"]
+    assert _ran(stage_log) == ["prune", "export", "evaluate", "release"]
+    assert (out / "finetune" / "manifest.json").read_text() == finetune_manifest
+    report = json.loads((out / "report.json").read_text())
+    assert [stage["name"] for stage in report["stages"]] == CHAIN
+    assert [artifact["name"] for artifact in report["artifacts"]] == ["fp32", "int8"]
+    for artifact in report["artifacts"]:
+        assert {"metrics", "agreement", "size_bytes", "gzip_bytes", "latency_ms", "passed"} <= set(artifact)
+        assert artifact["latency_ms"]["threads2"]["p50"] > 0
+    fp32 = report["artifacts"][0]
+    assert fp32["passed"] and fp32["agreement"] == 1.0  # fp32 conversion is exact on argmax
+    prune_record = next(s for s in report["stages"] if s["name"] == "prune")
+    assert prune_record["pruned_sparsity"] == pytest.approx(0.5, abs=0.02)
+    release = report["stages"][-1]
+    assert "fp32" in release["released"]
+    bundle = out / "release" / "fp32"
+    assert (bundle / "model.tflite").exists()
+    assert (bundle / "labels.txt").read_text().split() == ["negative", "positive"]
+    assert "| fp32 (tflite) |" in (out / "report.md").read_text()
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((out / "tensorboard" / "summary").glob("events.out.tfevents.*"))
+    for name in CHAIN:
+        assert json.loads((out / name / "manifest.json").read_text())["stage"] == name
+    leftovers = [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not leftovers, leftovers
+
+    # 3. A changed parity budget re-runs evaluate and release only.
+    stage_log.clear()
+    _in_process(command + ["--accuracy-budget", "5"], monkeypatch)
+    assert _skipped(stage_log) == ["finetune", "prune", "export"]
+    assert _ran(stage_log) == ["evaluate", "release"]
+    report = json.loads((out / "report.json").read_text())
+    assert all(artifact["accuracy_budget"] == 5.0 for artifact in report["artifacts"])
+
+    # 4. bench on the run folder's artifacts.
+    from tfcompress import cli
+
+    assert cli.main(["bench", "--run-dir", str(out), "--runs", "3", "--warmup", "1", "--threads", "1"]) == 0

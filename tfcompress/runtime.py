@@ -1,0 +1,313 @@
+"""Run TFLite artifacts with the ``ai_edge_litert`` interpreter: predictions, latency, inspection.
+
+:class:`TFLiteModel` wraps one ``.tflite`` file exported by :mod:`tfcompress.export` (signature
+``serving_default``, int32 inputs ``[1, seq_length]``, output ``logits``). Its :meth:`predict` takes
+the same features dict as a Keras model (``[B, T]`` int arrays), loops over the batch at batch 1,
+pads/truncates each row to the artifact's length and dequantizes int8 logits, so one
+``predict_fn`` serves Keras models and artifacts alike in :mod:`tfcompress.metrics`.
+
+:func:`artifact_record` evaluates an artifact and returns the ``report.json`` artifact record
+(metric, agreement with Keras, size raw/gzip, latency p50/p90 at 1 and 2 threads, float ops,
+``passed`` by the parity gate).
+
+Example:
+    >>> artifact = TFLiteModel("out/export/int8.tflite", num_threads=2)
+    >>> logits = artifact.predict({"input_ids": ids, "attention_mask": mask})
+"""
+from __future__ import annotations
+
+import collections
+import gzip
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tfcompress.utils import get_logger
+
+log = get_logger("runtime")
+
+# Ops that only move data between float and integer domains; they do not compute in float.
+_CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
+# Ops whose float tensors are integer-valued bookkeeping (shapes, indices), not activations.
+_INDEX_OPS = {"SHAPE", "CAST", "RESHAPE", "GATHER", "STRIDED_SLICE", "PACK", "UNPACK", "SQUEEZE",
+              "EXPAND_DIMS", "CONCATENATION", "TRANSPOSE", "SLICE"}
+
+
+def _interpreter(model, num_threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(model, (bytes, bytearray)):
+        return Interpreter(model_content=bytes(model), num_threads=num_threads)
+    return Interpreter(model_path=str(model), num_threads=num_threads)
+
+
+class TFLiteModel:
+    """A ``.tflite`` artifact with the tfcompress signature, run by ``ai_edge_litert``.
+
+    Args:
+        path: artifact file (or the flatbuffer bytes).
+        num_threads: interpreter threads (XNNPACK delegate uses them too).
+        signature_key: signature to run (``serving_default``).
+    """
+
+    def __init__(self, path, num_threads: int = 1, signature_key: str = "serving_default"):
+        self.path = path
+        self.num_threads = num_threads
+        self.interpreter = _interpreter(path, num_threads)
+        signatures = self.interpreter.get_signature_list()
+        if signature_key not in signatures:
+            raise ValueError(f"{path}: no signature {signature_key!r}; has {sorted(signatures)}")
+        self.runner = self.interpreter.get_signature_runner(signature_key)
+        self.input_details = self.runner.get_input_details()
+        self.output_details = self.runner.get_output_details()
+        self.input_names = list(signatures[signature_key]["inputs"])
+        self.output_names = list(signatures[signature_key]["outputs"])
+        if "logits" not in self.output_details:
+            raise ValueError(f"{path}: signature outputs {self.output_names}, expected 'logits'")
+        shapes = {tuple(detail["shape"]) for detail in self.input_details.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"{path}: inputs of different shapes {shapes}")
+        self.batch_size, self.seq_length = next(iter(shapes))
+        logits = self.output_details["logits"]
+        self.output_dtype = np.dtype(logits["dtype"])
+        scales, zero_points = logits["quantization_parameters"]["scales"], \
+            logits["quantization_parameters"]["zero_points"]
+        self.output_scale = float(scales[0]) if len(scales) else None
+        self.output_zero_point = int(zero_points[0]) if len(zero_points) else None
+
+    def _run_one(self, row: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {}
+        for name in self.input_names:
+            detail = self.input_details[name]
+            value = np.asarray(row[name])
+            length = value.shape[1]
+            if length > self.seq_length:
+                value = value[:, : self.seq_length]
+            elif length < self.seq_length:
+                value = np.pad(value, ((0, 0), (0, self.seq_length - length)))
+            inputs[name] = value.astype(detail["dtype"])
+        logits = self.runner(**inputs)["logits"]
+        if self.output_dtype != np.float32:
+            logits = (logits.astype(np.float32) - self.output_zero_point) * self.output_scale
+        return logits
+
+    def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits for a batch: sequence task ``[B, C]``; token task ``[B, T, C]`` (T of the input).
+
+        Rows longer than the artifact's length are truncated; for token tasks the positions past it
+        get zero logits (evaluate at a ``pad_to`` <= the artifact's length to avoid that).
+        """
+        missing = [name for name in self.input_names if name not in features]
+        if missing:
+            raise KeyError(f"features lack {missing}; the artifact needs {self.input_names}")
+        batch, length = np.asarray(features[self.input_names[0]]).shape
+        outputs = []
+        for b in range(batch):
+            outputs.append(self._run_one({name: np.asarray(features[name])[b: b + 1]
+                                          for name in self.input_names}))
+        logits = np.concatenate(outputs, axis=0)
+        if logits.ndim == 3:  # token task: back to the caller's length
+            if length <= self.seq_length:
+                logits = logits[:, :length]
+            else:
+                logits = np.pad(logits, ((0, 0), (0, length - self.seq_length), (0, 0)))
+        return logits
+
+    __call__ = predict
+
+    def latency(self, features: dict[str, np.ndarray] | None = None, warmup: int = 10,
+                runs: int = 100) -> dict[str, float]:
+        """Batch-1 latency in ms, ``{"p50", "p90", "mean"}``, after ``warmup`` untimed runs.
+
+        Args:
+            features: one example (``[1, T]`` arrays); default: all-ones ids, full mask.
+            warmup: untimed invocations first (XNNPACK packs weights on the first run).
+            runs: timed invocations.
+        """
+        if features is None:
+            features = {name: np.ones((1, self.seq_length), np.int32) for name in self.input_names}
+            if "token_type_ids" in features:
+                features["token_type_ids"][:] = 0
+        row = {name: np.asarray(features[name])[:1] for name in self.input_names}
+        for _ in range(warmup):
+            self._run_one(row)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self._run_one(row)
+            times.append((time.perf_counter() - start) * 1000.0)
+        return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)),
+                "mean": float(np.mean(times))}
+
+    def io_details(self) -> dict:
+        """Names, dtypes, shapes and quantization (scale, zero point) of inputs and outputs."""
+        def describe(detail):
+            params = detail["quantization_parameters"]
+            out = {"dtype": np.dtype(detail["dtype"]).name, "shape": [int(d) for d in detail["shape"]]}
+            if len(params["scales"]):
+                out["scale"] = float(params["scales"][0])
+                out["zero_point"] = int(params["zero_points"][0])
+            return out
+
+        return {"inputs": {name: describe(self.input_details[name]) for name in self.input_names},
+                "outputs": {name: describe(self.output_details[name]) for name in self.output_names}}
+
+
+# --------------------------------------------------------------------------------------------
+# Inspection
+
+
+def op_tensor_types(model) -> list[dict]:
+    """Every op of the main subgraph with its input/output tensor dtypes.
+
+    Returns rows ``{"op", "inputs": [dtype names], "outputs": [dtype names]}`` (constants
+    included in inputs, so an int8 FULLY_CONNECTED shows ``["int8", "int8", "int32"]``).
+    """
+    interpreter = _interpreter(model)
+    dtypes = {detail["index"]: np.dtype(detail["dtype"]).name
+              for detail in interpreter.get_tensor_details()}
+    rows = []
+    for op in interpreter._get_ops_details():  # pylint: disable=protected-access
+        rows.append({
+            "op": op["op_name"],
+            "inputs": [dtypes.get(int(i), "none") for i in op["inputs"] if int(i) >= 0],
+            "outputs": [dtypes.get(int(i), "none") for i in op["outputs"] if int(i) >= 0],
+        })
+    return rows
+
+
+def op_names(model) -> list[str]:
+    """Op names of the main subgraph, in execution order."""
+    return [row["op"] for row in op_tensor_types(model)]
+
+
+def float_ops(model) -> list[str]:
+    """Compute ops left in float (float32/float16 outputs), as ``"OP_NAME xCOUNT"`` sorted by name.
+
+    QUANTIZE/DEQUANTIZE are not counted (they only cross domains), nor index bookkeeping ops.
+    A full-integer artifact returns ``[]``.
+    """
+    counts = collections.Counter(
+        row["op"] for row in op_tensor_types(model)
+        if row["op"] not in _CONVERSION_OPS and row["op"] not in _INDEX_OPS
+        and any(dtype in ("float32", "float16") for dtype in row["outputs"]))
+    return [f"{name} x{count}" for name, count in sorted(counts.items())]
+
+
+def int8_kernel_count(model, op: str = "FULLY_CONNECTED") -> tuple[int, int]:
+    """``(int8, total)``: how many ``op`` kernels take int8 activations and int8 weights."""
+    rows = [row for row in op_tensor_types(model) if row["op"] == op]
+    int8 = [row for row in rows if row["inputs"][:2] == ["int8", "int8"]]
+    return len(int8), len(rows)
+
+
+def sizes(path) -> dict[str, int]:
+    """``{"size_bytes", "gzip_bytes"}`` of a file (gzip level 9, as a download would see it)."""
+    data = Path(path).read_bytes()
+    return {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9))}
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation record and parity gate
+
+
+def parity_gate(artifact_metric: float, reference_metric: float, accuracy_budget: float = 1.0) -> bool:
+    """True if the artifact's metric is at most ``accuracy_budget`` points below the reference.
+
+    Args:
+        artifact_metric: the artifact's metric in [0, 1].
+        reference_metric: the Keras model's metric in [0, 1].
+        accuracy_budget: allowed drop in percentage points (1.0 = one point).
+    """
+    if accuracy_budget < 0:
+        raise ValueError(f"accuracy_budget={accuracy_budget!r}: must be >= 0 points")
+    # 1e-9 absorbs float noise in metrics that are exactly at the budget.
+    return (reference_metric - artifact_metric) * 100.0 <= accuracy_budget + 1e-9
+
+
+def _argmax_agreement(logits_a, logits_b, labels, task) -> float:
+    try:
+        from tfcompress.metrics import agreement
+    except ImportError:  # metrics module not there yet: plain argmax agreement
+        agreement = None
+    if agreement is not None:
+        return float(agreement(logits_a, logits_b, labels, task))
+    a, b = np.asarray(logits_a).argmax(-1), np.asarray(logits_b).argmax(-1)
+    return float(np.mean(a == b))
+
+
+def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict,
+                    quantization: str, seq_length: int, task: str = "sequence",
+                    sparsity: float = 0.0, accuracy_budget: float = 1.0,
+                    latency_runs: int = 100, latency_warmup: int = 10, output_dir=None,
+                    batch_size: int = 32) -> dict:
+    """Evaluate one artifact on ``data`` and build its ``report.json`` record.
+
+    Args:
+        name: artifact name (``"int8"``).
+        path: the ``.tflite`` file.
+        data: ``EncodedData`` eval set (the full eval set for reported numbers).
+        keras_logits: the Keras model's logits on ``data`` (same order), for agreement.
+        reference_metrics: the Keras model's metrics (``compute_metrics`` output).
+        quantization: mode name recorded in the record.
+        seq_length: the artifact's sequence length.
+        task: ``sequence`` or ``token``.
+        sparsity: weight sparsity of the exported model (from ``prune.sparsity_report``).
+        accuracy_budget: parity-gate budget in points of the primary metric.
+        latency_runs / latency_warmup: timing settings.
+        output_dir: paths in the record are made relative to it when given.
+        batch_size: evaluation batch size (the artifact still runs each row at batch 1).
+
+    Returns:
+        The record (see issue 4): name, path, format, quantization, seq_length, sparsity,
+        size_bytes, gzip_bytes, metrics, agreement, latency_ms, float_ops, passed
+        (plus reference_metric and primary_metric for the reader).
+    """
+    from tfcompress.metrics import compute_metrics, predict_logits, primary_metric
+
+    artifact = TFLiteModel(path, num_threads=2)
+    logits = predict_logits(artifact.predict, data, batch_size=batch_size, pad_to=seq_length,
+                            progress=False)
+    metrics = compute_metrics(task, logits, data.labels, data.label_names)
+    metric_name = primary_metric(task)
+    example = data.padded_batch(np.arange(1), pad_to=seq_length)[0]
+    latency = {}
+    for threads in (1, 2):
+        timed = TFLiteModel(path, num_threads=threads)
+        stats = timed.latency(example, warmup=latency_warmup, runs=latency_runs)
+        latency[f"threads{threads}"] = {"p50": round(stats["p50"], 3), "p90": round(stats["p90"], 3)}
+    shown_path = Path(path)
+    if output_dir is not None:
+        try:
+            shown_path = shown_path.resolve().relative_to(Path(output_dir).resolve())
+        except ValueError:
+            pass
+    record = {
+        "name": name,
+        "path": str(shown_path),
+        "format": "tflite",
+        "quantization": quantization,
+        "seq_length": int(seq_length),
+        "sparsity": float(sparsity),
+        **sizes(path),
+        "metrics": metrics,
+        "agreement": _argmax_agreement(logits, keras_logits, data.labels, task),
+        "latency_ms": latency,
+        "float_ops": float_ops(path),
+        "passed": parity_gate(metrics[metric_name], reference_metrics[metric_name], accuracy_budget),
+        "primary_metric": metric_name,
+        "reference_metric": float(reference_metrics[metric_name]),
+        "accuracy_budget": float(accuracy_budget),
+    }
+    return record
+
+
+def predict_fn(path, num_threads: int = 2) -> Callable[[dict], np.ndarray]:
+    """``features -> logits`` for :mod:`tfcompress.metrics`."""
+    return TFLiteModel(path, num_threads=num_threads).predict
+
+
+__all__ = ["TFLiteModel", "op_tensor_types", "op_names", "float_ops", "int8_kernel_count", "sizes",
+           "parity_gate", "artifact_record", "predict_fn"]
