@@ -157,6 +157,11 @@ class Hook:
         """Scalars to write at logging steps, ``{tag: float}``."""
         return {}
 
+    def allows_best(self, trainer: "Trainer", step: int) -> bool:
+        """Whether an evaluation at ``step`` may become the kept "best" weights (e.g. not before a
+        pruning schedule has reached its final sparsity)."""
+        return True
+
     def on_evaluate(self, trainer: "Trainer", step: int, metrics: dict) -> None:
         """After each evaluation."""
 
@@ -506,7 +511,8 @@ class Trainer:
         if self.config.histograms:
             tracker.histograms(step, self.model.trainable_variables)
         value = float(metrics[primary])
-        if value > float(self._best_metric.numpy()):
+        eligible = all(hook.allows_best(self, step) for hook in self.hooks)
+        if eligible and value > float(self._best_metric.numpy()):
             self._best_metric.assign(value)
             self._best_step.assign(step)
             self._bad_evals.assign(0)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""TFLite artifacts of one fine-tuned model: the stock converter path beside tfcompress's, same run.
+
+Stock path = what a user writes by hand: ``TFLiteConverter`` on the model's serving function at a
+fixed length, dynamic-range, and full-int8 with a representative dataset (no graph changes).
+tfcompress = the same converter on the quantization-friendly graph (clipped attention mask,
+explicit LayerNorm), fp16, int16x8, and int8 with the LayerNorm/residual ops kept in float.
+Every artifact runs with ai-edge-litert on the full test split; accuracy, agreement with the
+Keras model, size raw/gzip and batch-1 latency p50/p90 at 1 and 2 threads (after warm-up).
+
+    python benchmarks/export_variants.py --model runs/sst2/finetune/model --seq-length 64
+
+Writes benchmarks/results/export_variants.json and appends to benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from _common import write_results
+
+from tfcompress import data as data_module
+from tfcompress import export, metrics, models, runtime
+from tfcompress._compat import tf
+from tfcompress.pipeline import default_data_dir
+
+VARIANTS = {
+    # name: (mode, to_tflite keyword arguments, path)
+    "stock-fp32": ("fp32", {"quantization_friendly": False}, "stock"),
+    "stock-dynamic": ("dynamic", {"quantization_friendly": False}, "stock"),
+    "stock-int8": ("int8", {"quantization_friendly": False}, "stock"),
+    "fp16": ("fp16", {}, "tfcompress"),
+    "dynamic": ("dynamic", {}, "tfcompress"),
+    "int8": ("int8", {}, "tfcompress"),
+    "int8-float-layernorm": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS}, "tfcompress"),
+    "int16x8": ("int16x8", {}, "tfcompress"),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="fine-tuned HF directory (e.g. runs/sst2/finetune/model)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seq-length", type=int, default=64)
+    parser.add_argument("--num-calibration", type=int, default=200)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--latency-runs", type=int, default=100)
+    parser.add_argument("--max-test-samples", type=int, default=0)
+    args = parser.parse_args(argv)
+    data_dir = Path(args.data_dir or default_data_dir("sst2"))
+    tokenizer = models.load_tokenizer(args.model)
+    model = models.load_model(args.model)
+    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    train = data_module.read_text_classification(data_dir / "train.tsv", label_names=label_names)
+    test = data_module.read_text_classification(data_dir / "test.tsv", label_names=label_names)
+    if args.max_test_samples:
+        test = data_module.TextClassificationExamples(test.texts[:args.max_test_samples],
+                                                      test.labels[:args.max_test_samples], label_names, "head")
+    calibration = data_module.encode(tokenizer, data_module.TextClassificationExamples(
+        train.texts[:5000], train.labels[:5000], label_names, "train head"), max_length=args.seq_length)
+    test_data = data_module.encode(tokenizer, test, max_length=args.seq_length)
+
+    @tf.function(reduce_retracing=True)
+    def keras_predict(features):
+        return model(features, training=False).logits
+
+    keras_fn = lambda f: keras_predict({k: tf.constant(v) for k, v in f.items()}).numpy()  # noqa: E731
+    keras_logits = metrics.predict_logits(keras_fn, test_data, pad_to=args.seq_length, progress=False)
+    keras_metrics = metrics.compute_metrics("sequence", keras_logits, test_data.labels, label_names)
+    print(f"keras fp32: accuracy {keras_metrics['accuracy']:.4f}", flush=True)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in [v for v in args.variants.split(",") if v]:
+            mode, kwargs, path_kind = VARIANTS[name]
+            path = Path(tmp) / f"{name}.tflite"
+            try:
+                export.to_tflite(model, mode, seq_length=args.seq_length, representative=calibration,
+                                 num_calibration=args.num_calibration, output_path=path, **kwargs)
+            except Exception as error:  # record, keep measuring the others
+                rows[name] = {"path": path_kind, "error": f"{type(error).__name__}: {str(error)[:300]}"}
+                print(f"{name}: failed: {rows[name]['error']}", flush=True)
+                continue
+            record = runtime.artifact_record(name, path, test_data, keras_logits, keras_metrics, quantization=mode,
+                                             seq_length=args.seq_length, latency_runs=args.latency_runs)
+            record["path"] = path_kind
+            rows[name] = record
+            print(f"{name}: accuracy {record['metrics']['accuracy']:.4f} agreement {record['agreement']:.4f} "
+                  f"size {record['size_bytes'] / 1e6:.1f} MB gzip {record['gzip_bytes'] / 1e6:.1f} MB "
+                  f"p50 2 threads {record['latency_ms']['threads2']['p50']:.2f} ms", flush=True)
+    stock_dynamic = rows.get("stock-dynamic", {})
+    lines = ["| artifact | path | accuracy | Δ vs Keras (pt) | agreement | size MB | gzip MB | p50 ms 1 thr | p50 ms 2 thr | p50 ratio vs stock dynamic |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| Keras fp32 | - | {keras_metrics['accuracy']:.4f} | 0 | 1 | - | - | - | - | - |"]
+    for name, row in rows.items():
+        if "error" in row:
+            lines.append(f"| {name} | {row['path']} | failed: {row['error'][:80]} |||||||")
+            continue
+        accuracy = row["metrics"]["accuracy"]
+        ratio = (row["latency_ms"]["threads2"]["p50"] / stock_dynamic["latency_ms"]["threads2"]["p50"]
+                 if "latency_ms" in stock_dynamic else float("nan"))
+        lines.append(f"| {name} | {row['path']} | {accuracy:.4f} | {100 * (accuracy - keras_metrics['accuracy']):+.1f} | "
+                     f"{row['agreement']:.4f} | {row['size_bytes'] / 1e6:.1f} | {row['gzip_bytes'] / 1e6:.1f} | "
+                     f"{row['latency_ms']['threads1']['p50']:.2f} | {row['latency_ms']['threads2']['p50']:.2f} | {ratio:.2f} |")
+    lines.append("")
+    lines.append(f"Model: `{args.model}`; {len(test_data)} test sentences at seq {args.seq_length}; "
+                 f"{args.num_calibration} calibration sentences from train.tsv.")
+    write_results("export_variants", "python benchmarks/export_variants.py " + " ".join(sys.argv[1:]),
+                  {"keras": keras_metrics, "artifacts": rows, "settings": vars(args)}, lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
