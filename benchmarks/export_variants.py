@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import write_results
+from _common import HERE, write_results
+from tfcompress.utils import atomic_write_json
 
 from tfcompress import data as data_module
 from tfcompress import export, metrics, models, runtime
@@ -88,6 +89,8 @@ def main(argv=None):
                                              seq_length=args.seq_length, latency_runs=args.latency_runs)
             record["path"] = path_kind
             rows[name] = record
+            # partial results survive an interrupted run (int16x8 runs ~1.5 s per sentence on CPU)
+            atomic_write_json(HERE / "results" / "export_variants.partial.json", {"keras": keras_metrics, "artifacts": rows})
             print(f"{name}: accuracy {record['metrics']['accuracy']:.4f} agreement {record['agreement']:.4f} "
                   f"size {record['size_bytes'] / 1e6:.1f} MB gzip {record['gzip_bytes'] / 1e6:.1f} MB "
                   f"p50 2 threads {record['latency_ms']['threads2']['p50']:.2f} ms", flush=True)

@@ -651,26 +651,16 @@ def prune_stage(context: Context) -> dict:
     return record
 
 
-def _quantize_config():
+def _apply_qat(model, calibration=None):
+    """Wrap the encoder Dense layers with TFMOT QAT wrappers; ``calibration`` (train data) sets the
+    starting activation ranges (TFMOT's default -6/+6 would take thousands of steps to reach MiniLM's
+    FFN outliers of ~200)."""
     from tfcompress import quantize
 
-    for name in ("QATConfig", "QuantizeConfig"):
-        cls = getattr(quantize, name, None)
-        if cls is not None:
-            return cls()
-    return None
+    qconfig = quantize.QATConfig()
+    return quantize.apply(model, qconfig, calibration=calibration), qconfig
 
 
-def _apply_qat(model):
-    """``quantize.apply`` with its config (assumed API: ``apply(model, config) -> model``)."""
-    from tfcompress import quantize
-
-    qconfig = _quantize_config()
-    model = quantize.apply(model, qconfig) if qconfig is not None else quantize.apply(model)
-    return model, qconfig
-
-
-@stage("qat")
 def qat_stage(context: Context) -> dict:
     """Quantization-aware training with TFMOT wrappers through the Trainer, when quantize.py has it.
 
@@ -695,7 +685,7 @@ def qat_stage(context: Context) -> dict:
     input_model = context.current_model
     started = time.time()
     model = context.load_model()
-    model, qconfig = _apply_qat(model)
+    model, qconfig = _apply_qat(model, calibration=context.encoded("train"))
     train, evaluation = context.encoded("train"), context.encoded("eval")
     hooks = quantize.hooks(qconfig) if qconfig is not None else quantize.hooks()
     trainer = Trainer(model, config.task, config.qat_train, stage_dir, hooks=hooks,
