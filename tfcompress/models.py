@@ -653,3 +653,42 @@ __all__ = [
     "model_input_names", "count_params", "LayerRef", "iter_layers", "find_layers",
     "encoder_dense_layers", "replace_layer", "word_embedding_ref", "ENCODER_BLOCK_PATTERN",
 ]
+
+
+def select_dense_layers(model, include: str | None = None, exclude: str | None = None,
+                        include_classifier: bool = False, section: str = "layers",
+                        allow_empty: bool = False) -> list[LayerRef]:
+    """The Dense layers a technique wraps: the encoder Dense layers (plus every other Dense, e.g.
+    classifier and pooler, with ``include_classifier``), filtered by ``include``/``exclude`` regexes on
+    the layer path. Shared by pruning and QAT so both select the same way.
+
+    Args:
+        section: config section named in errors (``"prune"``, ``"qat"``).
+        allow_empty: whether ``exclude`` may remove every layer (pruning only the embeddings).
+
+    Raises:
+        ValueError: a regex selects nothing or excludes nothing; the message lists the candidates.
+    """
+    import re
+
+    candidates = encoder_dense_layers(model)
+    if include_classifier:
+        chosen = {id(ref.layer) for ref in candidates}
+        candidates += [ref for ref in find_layers(model) if id(ref.layer) not in chosen]
+    listing = ", ".join(ref.path for ref in candidates[:8]) + (" ..." if len(candidates) > 8 else "")
+    selected = candidates
+    if include:
+        selected = [ref for ref in selected if re.search(include, ref.path)]
+        if not selected:
+            raise ValueError(f"{section}.include={include!r}: matches none of the {len(candidates)} "
+                             f"candidate Dense layers ({listing})")
+    if exclude:
+        before = len(selected)
+        selected = [ref for ref in selected if not re.search(exclude, ref.path)]
+        if len(selected) == before:
+            raise ValueError(f"{section}.exclude={exclude!r}: matches none of the selected Dense "
+                             f"layers ({listing}), so it excludes nothing; fix the pattern")
+        if not selected and not allow_empty:
+            raise ValueError(f"{section}.exclude={exclude!r}: excludes every candidate layer; "
+                             "nothing would be wrapped")
+    return selected

@@ -113,6 +113,10 @@ class ExportStageConfig:
         seq_percentile: percentile used when ``seq_length`` is 0.
         num_calibration: representative training examples for int8/int16x8 calibration.
         io_type: ``float`` or ``int8`` logits for the ``int8`` artifact.
+        int8_float_ops: TFLite op types the ``int8`` artifact keeps in float. Default: the
+            LayerNorm/residual ops (``export.LAYER_NORM_OPS``): measured on the fine-tuned SST-2
+            MiniLM (benchmarks/export_variants.py), all-int8 fell to 0.661 accuracy while int8 with
+            these ops in float kept 0.896 (Keras 0.895). ``[]`` gives a full-integer artifact.
     """
 
     modes: list[str] = field(default_factory=lambda: list(EXPORT_MODES))
@@ -120,6 +124,8 @@ class ExportStageConfig:
     seq_percentile: float = 99.0
     num_calibration: int = 200
     io_type: str = "float"
+    int8_float_ops: list[str] = field(default_factory=lambda: ["MEAN", "RSQRT", "ABS", "SQUARED_DIFFERENCE",
+                                                               "SUB", "MUL", "ADD"])
 
     def validate(self) -> None:
         unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
@@ -767,7 +773,7 @@ def export_stage(context: Context) -> dict:
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: export.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
             num_calibration=cfg.num_calibration, io_type=cfg.io_type if mode == "int8" else "float",
-            output_path=path))
+            denylisted_ops=cfg.int8_float_ops if mode == "int8" else (), output_path=path))
     qat_manifest = read_manifest(context.output_dir, "qat")
     if "qat" in config.stages and qat_manifest and qat_manifest.get("model_dir"):
         if callable(getattr(quantize, "to_tflite_from_qat", None)):

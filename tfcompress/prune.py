@@ -65,9 +65,9 @@ from tfcompress._compat import keras, tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as tfmot_schedule
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper as tfmot_wrapper
 from tfcompress.models import (
-    encoder_dense_layers,
     find_layers,
     iter_layers,
+    select_dense_layers,
     replace_layer,
     word_embedding_ref,
 )
@@ -352,27 +352,8 @@ def select_layers(model, config: PruneConfig) -> list:
     if wrapped:
         raise ValueError(f"model already holds {len(wrapped)} pruning wrappers (e.g. {wrapped[0].path}); "
                          "call prune.strip(model) before applying pruning again")
-    candidates = encoder_dense_layers(model)
-    if config.include_classifier:
-        chosen = {id(ref.layer) for ref in candidates}
-        candidates += [ref for ref in find_layers(model) if id(ref.layer) not in chosen]
-    selected = candidates
-    listing = ", ".join(ref.path for ref in candidates[:8]) + (" ..." if len(candidates) > 8 else "")
-    if config.include:
-        selected = [ref for ref in selected if re.search(config.include, ref.path)]
-        if not selected:
-            raise ValueError(f"prune.include={config.include!r}: matches none of the {len(candidates)} "
-                             f"candidate Dense layers ({listing})")
-    if config.exclude:
-        before = len(selected)
-        selected = [ref for ref in selected if not re.search(config.exclude, ref.path)]
-        if len(selected) == before:
-            raise ValueError(f"prune.exclude={config.exclude!r}: matches none of the selected Dense "
-                             f"layers ({listing}), so it excludes nothing; fix the pattern")
-        if not selected and not config.prune_embeddings:
-            raise ValueError(f"prune.exclude={config.exclude!r}: excludes every candidate layer; "
-                             "nothing would be pruned")
-    return selected
+    return select_dense_layers(model, config.include, config.exclude, config.include_classifier,
+                               section="prune", allow_empty=config.prune_embeddings)
 
 
 def apply(model, config: PruneConfig, total_steps: int | None = None):

@@ -300,7 +300,7 @@ def _is_pruned(kernel) -> bool:
 
 
 def _select(model, config: QATConfig) -> list:
-    from tfcompress.models import encoder_dense_layers, find_layers
+    from tfcompress.models import find_layers, select_dense_layers
 
     wrapped = _wrapper_refs(model)
     if wrapped:
@@ -313,26 +313,7 @@ def _select(model, config: QATConfig) -> list:
         raise ValueError(f"model holds {len(pruning)} pruning wrappers (e.g. {pruning[0].path}); call "
                          "prune.strip(model) first (QAT wraps plain Dense layers; the stripped zeros are "
                          "kept by preserve_sparsity)")
-    candidates = encoder_dense_layers(model)
-    if config.include_classifier:
-        chosen = {id(ref.layer) for ref in candidates}
-        candidates += [ref for ref in find_layers(model) if id(ref.layer) not in chosen]
-    listing = ", ".join(ref.path for ref in candidates[:8]) + (" ..." if len(candidates) > 8 else "")
-    selected = candidates
-    if config.include:
-        selected = [ref for ref in selected if re.search(config.include, ref.path)]
-        if not selected:
-            raise ValueError(f"qat.include={config.include!r}: matches none of the {len(candidates)} "
-                             f"candidate Dense layers ({listing})")
-    if config.exclude:
-        before = len(selected)
-        selected = [ref for ref in selected if not re.search(config.exclude, ref.path)]
-        if len(selected) == before:
-            raise ValueError(f"qat.exclude={config.exclude!r}: matches none of the selected Dense layers "
-                             f"({listing}), so it excludes nothing; fix the pattern")
-        if not selected:
-            raise ValueError(f"qat.exclude={config.exclude!r}: excludes every candidate layer")
-    return selected
+    return select_dense_layers(model, config.include, config.exclude, config.include_classifier, section="qat")
 
 
 def _quantize_config_for(layer, preserve: bool):
