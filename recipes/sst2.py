@@ -14,7 +14,7 @@ Data: ``../shared/data/sst2`` (train.tsv 60,614 sentences for training, validati
 checkpoint selection, test.tsv = the 872-sentence GLUE dev set for the reported number).
 
 Defaults: fine-tune 2 epochs (batch 32, lr 1e-4), prune the encoder Dense kernels to 50 % with a
-polynomial schedule during 1 more epoch, export fp32, fp16, dynamic, int8 and int16x8 artifacts at the
+polynomial schedule during 1 more epoch, export fp32, fp16, dynamic and int8 artifacts (int16x8 on request) at the
 99th-percentile training length, evaluate each with ai_edge_litert on the test set (1 pt parity budget
 against the Keras model it came from), release the ones that pass.
 
