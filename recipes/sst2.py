@@ -18,12 +18,13 @@ polynomial schedule during 1 more epoch, export fp32, fp16, dynamic and int8 art
 99th-percentile training length, evaluate each with ai_edge_litert on the test set (1 pt parity budget
 against the Keras model it came from), release the ones that pass.
 
-Measured (2026-11-22, 2-core CPU shared with other jobs, so times are upper bounds):
-* finetune stage: 3,790 steps in 63 min; accuracy 0.8945 on test.tsv (872), 0.9464 on validation.tsv.
-  This is below the 0.905 goal of issue 2: tuning (epochs, learning rate) is still open.
+Expected time on 2 CPU cores: the finetune stage took 63 min (3,790 steps) on 2026-11-22 on a 2-core
+CPU shared with other jobs (an upper bound); the whole default chain is still to be timed.
+Expected results (measured 2026-11-22):
+* finetune: accuracy 0.8945 on test.tsv (872), 0.9464 on validation.tsv -- below the 0.905 goal of
+  issue 2; tuning (epochs, learning rate) is still open.
 * prune 50 % (``tfcompress prune`` on that model, 20,000 training sentences, 625 steps): 0.8888.
 * int8 artifact with LayerNorm ops in float: 0.8956, 23.3 MB (benchmarks/export_variants.py).
-The full default chain in one command is still to be timed.
 
 Smoke mode, about a minute, same code path::
 

@@ -78,6 +78,29 @@ def build_tiny_model(task: str = "sequence", model_type: str = "bert", num_label
     return model
 
 
+def seeded_weights(model, seed: int = 0):
+    """Re-draw every weight from a NumPy seed (BERT-style N(0, 0.02); LayerNorm gamma 1, biases 0).
+
+    tf_keras initializers ignore ``tf.random.set_seed`` across processes, so a test whose outcome
+    depends on the starting point (e.g. "loss falls by half in 40 steps") uses this to start from
+    the same weights on every machine.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = []
+    for weight in model.weights:
+        name = weight.name
+        if "gamma" in name:
+            values.append(np.ones(weight.shape, np.float32))
+        elif "beta" in name or "bias" in name:
+            values.append(np.zeros(weight.shape, np.float32))
+        else:
+            values.append(rng.normal(0.0, 0.02, size=weight.shape).astype(np.float32))
+    model.set_weights(values)
+    return model
+
+
 @pytest.fixture
 def tiny_bert():
     """Tiny BERT sequence classifier (2 labels)."""
