@@ -209,3 +209,9 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, stage_log,
     from tfcompress import cli
 
     assert cli.main(["bench", "--run-dir", str(out), "--runs", "3", "--warmup", "1", "--threads", "1"]) == 0
+
+
+def test_every_declared_stage_is_registered():
+    from tfcompress import pipeline
+
+    assert set(pipeline.STAGES) == {"finetune", "distill", "prune", "qat", "export", "evaluate", "release"}

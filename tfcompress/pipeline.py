@@ -283,13 +283,6 @@ def config_hash(*parts) -> str:
     return hashlib.sha256(to_json(list(parts)).encode()).hexdigest()[:16]
 
 
-def qat_available() -> bool:
-    """True when :mod:`tfcompress.quantize` offers QAT (``apply``, ``hooks``, ``strip``)."""
-    from tfcompress import quantize
-
-    return all(callable(getattr(quantize, name, None)) for name in ("apply", "hooks", "strip"))
-
-
 def stage_config(config: RecipeConfig, name: str) -> dict:
     """The part of the config a stage depends on (what its hash covers, with the upstream hashes)."""
     base = {"model": config.model, "task": config.task, "data": dataclasses.asdict(config.data)}
@@ -304,9 +297,6 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
     }.get(name, ())
     for section in sections:
         base[section] = dataclasses.asdict(getattr(config, section))
-    if name == "qat":
-        # Skipped while quantize.py has no QAT; becomes a real stage (new hash) once it has.
-        base["qat_available"] = qat_available()
     return base
 
 
@@ -669,8 +659,9 @@ def _apply_qat(model, calibration=None):
     return quantize.apply(model, qconfig, calibration=calibration), qconfig
 
 
+@stage("qat")
 def qat_stage(context: Context) -> dict:
-    """Quantization-aware training with TFMOT wrappers through the Trainer, when quantize.py has it.
+    """Quantization-aware training with TFMOT wrappers through the Trainer.
 
     Saves the wrapped model's weights (``qat/qat_weights``, for the ``qat-int8`` export) and the
     stripped float model (``qat/model``, the current model for the next stages). Skipped with a log
@@ -682,13 +673,6 @@ def qat_stage(context: Context) -> dict:
 
     config = context.config
     report = context.report()
-    if not qat_available():
-        why = ("tfcompress.quantize has no apply/hooks/strip in this version (quantization-aware "
-               "training not available); the model passes through unchanged")
-        log.warning("stage qat: skipped: %s", why)
-        record = report.set_stage("qat", metrics={}, seconds=0.0, output="qat/", skipped=why)
-        report.save()
-        return record
     stage_dir = context.stage_dir("qat")
     input_model = context.current_model
     started = time.time()
@@ -778,13 +762,9 @@ def export_stage(context: Context) -> dict:
             denylisted_ops=cfg.int8_float_ops if mode == "int8" else (), output_path=path))
     qat_manifest = read_manifest(context.output_dir, "qat")
     if "qat" in config.stages and qat_manifest and qat_manifest.get("model_dir"):
-        if callable(getattr(quantize, "to_tflite_from_qat", None)):
-            path = stage_dir / "qat-int8.tflite"
-            finish("qat-int8", "qat-int8", path, lambda: quantize.to_tflite_from_qat(
-                _qat_model(context), seq_length=seq_length, representative=train, output_path=path))
-        else:
-            log.warning("export: no quantize.to_tflite_from_qat; the QAT model is exported through the "
-                        "post-training modes only (from its stripped weights)")
+        path = stage_dir / "qat-int8.tflite"
+        finish("qat-int8", "qat-int8", path, lambda: quantize.to_tflite_from_qat(
+            _qat_model(context), seq_length=seq_length, representative=train, output_path=path))
     report = context.report()
     record = report.set_stage(
         "export", metrics={}, seconds=time.time() - started, output="export/", input_model=input_model,
@@ -807,7 +787,7 @@ def evaluate_stage(context: Context) -> dict:
     ``artifacts`` (stock-path records, ``"stock": true``, are kept); each is saved as soon as it is
     done, so a killed evaluation resumes with the next artifact.
     """
-    from tfcompress import metrics, runtime
+    from tfcompress import runtime
 
     config = context.config
     cfg = config.evaluate
