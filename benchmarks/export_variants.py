@@ -42,6 +42,14 @@ VARIANTS = {
 }
 
 
+def convert(model, name: str, path, seq_length: int, calibration, num_calibration: int) -> str:
+    """Write variant ``name`` of :data:`VARIANTS` to ``path``; returns its quantization mode."""
+    mode, kwargs, _ = VARIANTS[name]
+    export.to_tflite(model, mode, seq_length=seq_length, representative=calibration,
+                     num_calibration=num_calibration, output_path=path, **kwargs)
+    return mode
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="fine-tuned HF directory (e.g. runs/sst2/finetune/model)")
@@ -76,11 +84,10 @@ def main(argv=None):
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in [v for v in args.variants.split(",") if v]:
-            mode, kwargs, path_kind = VARIANTS[name]
+            mode, _, path_kind = VARIANTS[name]
             path = Path(tmp) / f"{name}.tflite"
             try:
-                export.to_tflite(model, mode, seq_length=args.seq_length, representative=calibration,
-                                 num_calibration=args.num_calibration, output_path=path, **kwargs)
+                convert(model, name, path, args.seq_length, calibration, args.num_calibration)
             except Exception as error:  # record, keep measuring the others
                 rows[name] = {"path": path_kind, "error": f"{type(error).__name__}: {str(error)[:300]}"}
                 print(f"{name}: failed: {rows[name]['error']}", flush=True)

@@ -215,3 +215,25 @@ def test_every_declared_stage_is_registered():
     from tfcompress import pipeline
 
     assert set(pipeline.STAGES) == {"finetune", "distill", "prune", "qat", "export", "evaluate", "release"}
+
+
+def test_qat_stage_runs_in_the_chain_and_exports_an_int8_artifact_that_keeps_sparsity(tiny_run, monkeypatch):
+    """finetune -> prune -> qat -> export: the qat stage trains, saves, and its qat-int8 artifact has
+    int8 FULLY_CONNECTED kernels and the pruned zeros."""
+    from tfcompress import runtime
+
+    command, out = tiny_run
+    _in_process(command + ["--qat-epochs", "1", "--stages", "finetune,prune,qat,export"], monkeypatch)
+    report = json.loads((out / "report.json").read_text())
+    assert [stage["name"] for stage in report["stages"]] == ["finetune", "prune", "qat", "export"]
+    qat = report["stages"][2]
+    assert qat["steps"] > 0 and qat["input_model"].endswith("prune/model")
+    assert json.loads((out / "qat" / "manifest.json").read_text())["stage"] == "qat"
+    export = report["stages"][3]
+    assert export["input_model"].endswith("qat/model")
+    assert export["sparsity"] > 0.2  # the stripped QAT model kept the pruned zeros
+    names = [artifact["name"] for artifact in export["artifacts"]]
+    assert names == ["fp32", "int8", "qat-int8"]
+    content = (out / "export" / "qat-int8.tflite").read_bytes()
+    int8, total = runtime.int8_kernel_count(content, "FULLY_CONNECTED")
+    assert total > 0 and int8 == total

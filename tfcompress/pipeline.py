@@ -664,8 +664,7 @@ def qat_stage(context: Context) -> dict:
     """Quantization-aware training with TFMOT wrappers through the Trainer.
 
     Saves the wrapped model's weights (``qat/qat_weights``, for the ``qat-int8`` export) and the
-    stripped float model (``qat/model``, the current model for the next stages). Skipped with a log
-    line while :mod:`tfcompress.quantize` lacks ``apply``/``hooks``/``strip``.
+    stripped float model (``qat/model``, the current model for the next stages).
     """
     from tfcompress import models, quantize
     from tfcompress._compat import tf
@@ -723,8 +722,8 @@ def export_stage(context: Context) -> dict:
     """One TFLite artifact per ``export.modes`` from the current model; calibration from the train split.
 
     Finished artifacts of an interrupted run are reused (``<mode>.tflite`` plus its ``.done.json``,
-    both written atomically). With a finished ``qat`` stage and ``quantize.to_tflite_from_qat``, the
-    QAT model is converted too (``qat-int8``).
+    both written atomically). With a finished ``qat`` stage, the wrapped QAT model is converted too
+    (``qat-int8``, its learned ranges kept).
     """
     from tfcompress import export, prune, quantize, runtime
 

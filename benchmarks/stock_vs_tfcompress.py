@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""End to end, same run, same machine: the hand-made Keras/TFLite path against the tfcompress recipe.
+
+Per task (SST-2 accuracy, CoNLL-2003 entity F1), from the same starting model and the same training
+examples:
+
+* stock: ``models.load_model`` (so the safetensors workaround applies), every example padded to the
+  recipe's ``max_length`` (64 SST-2, 128 CoNLL; ``padding="max_length"``), ``model.compile(AdamW(5e-5))``
+  with no loss and the labels inside the input dict (the HF TF model computes its own loss, -100
+  masked for tokens: the HF-documented way), ``model.fit`` for ``--stock-epochs``, batch = the
+  recipe's. Then the stock converter, dynamic-range and full int8 (representative dataset,
+  ``TFLITE_BUILTINS_INT8``, float I/O), the ``stock-*`` variants of benchmarks/export_variants.py.
+* tfcompress: the recipe (recipes/sst2.py, recipes/conll2003.py) through ``tfcompress.pipeline``,
+  stages ``--tfc-stages``; its numbers are read from its report.json.
+
+Every stock artifact is converted at the length the stock model was trained at (what that user ships;
+``--stock-seq-length`` to change it) and each path is scored at its own artifacts' length
+with ``runtime.artifact_record`` on the same test set (metric, size raw/gzip,
+batch-1 latency p50/p90 at 1 and 2 threads, same runs and warm-up as the pipeline's evaluate stage).
+Training samples/s: stock = examples / summed ``model.fit`` batch times; tfcompress = the finetune
+stage's ``train_samples_per_second`` (examples / summed step times); both include the first
+(tracing) step.
+
+    python benchmarks/stock_vs_tfcompress.py --max-train-samples 4000
+    python benchmarks/stock_vs_tfcompress.py --smoke --results-dir /tmp/results   # tiny model, ~1 min
+
+Writes benchmarks/results/stock_vs_tfcompress.json and appends to benchmarks/RESULTS.md
+(``--smoke``: stock_vs_tfcompress-smoke.json only).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import smoke_data_dir, smoke_model_dir, write_results
+from export_variants import convert
+from train_throughput import _FitTimer
+
+from tfcompress import models, pipeline, prune, runtime
+from tfcompress._compat import keras
+
+TASKS = {"sst2": "sequence", "conll2003": "token"}
+STOCK_ARTIFACTS = ("stock-dynamic", "stock-int8")
+# verdict thresholds against stock dynamic
+DOMINATES = {"gzip_ratio": 0.5, "latency_ratio": 0.6}
+FULL_INTEGER_BUDGET_PT = 0.5
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="sst2,conll2003", help="comma-separated, from sst2,conll2003 "
+                                                                   "(default: %(default)s)")
+    parser.add_argument("--model", default=None,
+                        help="starting model for both paths (default: the recipe's, the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding sst2/ and conll2003/ (default: ../shared/data)")
+    parser.add_argument("--max-train-samples", type=int, default=0,
+                        help="first N training examples for both paths (0: all; default: %(default)s)")
+    parser.add_argument("--max-test-samples", type=int, default=0,
+                        help="first N test examples for every evaluation (0: all; default: %(default)s)")
+    parser.add_argument("--stock-epochs", type=int, default=1, help="stock model.fit epochs (default: %(default)s)")
+    parser.add_argument("--tfc-epochs", type=float, default=1,
+                        help="tfcompress finetune epochs (the prune stage keeps the recipe's) (default: %(default)s)")
+    parser.add_argument("--tfc-stages", default="finetune,prune,export,evaluate,release",
+                        help="tfcompress recipe stages (default: %(default)s)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="extra recipe config override, as the recipes' --set (repeatable), e.g. "
+                             "'export.int8_float_ops=' for a full-integer int8 artifact")
+    parser.add_argument("--latency-runs", type=int, default=100,
+                        help="timed batch-1 runs per thread count, both paths (default: %(default)s)")
+    parser.add_argument("--latency-warmup", type=int, default=10,
+                        help="untimed runs first, both paths (default: %(default)s)")
+    parser.add_argument("--stock-seq-length", type=int, default=0,
+                        help="sequence length of the stock artifacts (default 0: the padded training length, "
+                             "64 SST-2 / 128 CoNLL, what a hand-made path ships)")
+    parser.add_argument("--output-dir", default=None,
+                        help="keep the tfcompress run folders here (<dir>/<task>; default: a temporary folder)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny model and data (64 train / 32 test), seconds per stage; writes "
+                             "stock_vs_tfcompress-smoke.json, not RESULTS.md")
+    parser.add_argument("--results-dir", default=None, help="where the JSON goes (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"--tasks: unknown {unknown}; choose from {','.join(TASKS)}")
+    if args.smoke:
+        args.max_train_samples, args.max_test_samples = args.max_train_samples or 64, args.max_test_samples or 32
+        args.latency_runs, args.latency_warmup = min(args.latency_runs, 10), min(args.latency_warmup, 2)
+    return args
+
+
+def recipe_config(task: str, args, output_dir, model, data_dir) -> pipeline.RecipeConfig:
+    """The recipe's config exactly as its command line would build it."""
+    recipe = importlib.import_module(f"recipes.{task}")
+    parser = argparse.ArgumentParser()
+    pipeline.add_recipe_arguments(parser, recipe.DEFAULTS)
+    argv = ["--output-dir", str(output_dir), "--stages", args.tfc_stages, "--epochs", str(args.tfc_epochs),
+            "--max-train-samples", str(args.max_train_samples),
+            "--set", f"evaluate.latency_runs={args.latency_runs}",
+            "--set", f"evaluate.latency_warmup={args.latency_warmup}"]
+    argv += ["--model", model] if model else []
+    argv += ["--data-dir", str(data_dir)] if data_dir else []
+    if args.smoke:  # two artifacts keep it short; --set export.modes=... overrides
+        argv += ["--smoke", "--export", "dynamic,int8", "--set", f"data.max_eval_samples={args.max_test_samples}"]
+    argv += ["--set", f"data.max_test_samples={args.max_test_samples}"] if args.max_test_samples else []
+    for assignment in args.set:
+        argv += ["--set", assignment]
+    return pipeline.config_from_args(parser.parse_args(argv), recipe.DEFAULTS, recipe.FILES, task)
+
+
+def stock_path(config: pipeline.RecipeConfig, seq_length: int, epochs: int, folder: Path) -> dict:
+    """Train, size, convert and evaluate the hand-made path; returns its records."""
+    context = pipeline.Context(config)  # same files, caps, tokenizer and test encoding as the recipe
+    train = context.encoded("train")
+    features, labels = train.padded_batch(np.arange(len(train)), pad_to=config.data.max_length, truncate=True)
+    model = models.load_model(config.model, task=config.task, labels=context.label_names)
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01))  # HF's internal loss
+    timer = _FitTimer()
+    started = time.perf_counter()
+    history = model.fit({**features, "labels": labels}, batch_size=config.train.batch_size, epochs=epochs,
+                        shuffle=True, verbose=0, callbacks=[timer])
+    training = {"examples": len(train), "epochs": epochs, "batch_size": config.train.batch_size,
+                "padded_length": config.data.max_length, "wall_seconds": time.perf_counter() - started,
+                "step_seconds": float(np.sum(timer.times)), "steps": len(timer.times),
+                "samples_per_second": len(train) * epochs / float(np.sum(timer.times)),
+                "loss_per_epoch": [float(v) for v in history.history["loss"]]}
+    print(f"stock fit: {training['samples_per_second']:.1f} samples/s", flush=True)
+    models.save_model(model, context.tokenizer(), folder / "stock-keras")
+    sizes = prune.saved_size(folder / "stock-keras")
+    keras_logits, keras_metrics = pipeline._test_logits_and_metrics(context, model, seq_length)
+    keras_record = {"metrics": pipeline._scalars(keras_metrics), "size_bytes": sizes["raw"],
+                    "gzip_bytes": sizes["gzip"]}
+    test, cfg = context.encoded("test", seq_length), config.evaluate
+    artifacts = {}
+    for name in STOCK_ARTIFACTS:
+        path = folder / f"{name}.tflite"
+        try:
+            mode = convert(model, name, path, seq_length, train, config.export.num_calibration)
+        except Exception as error:  # record it, measure the others
+            artifacts[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            continue
+        artifacts[name] = runtime.artifact_record(
+            name, path, test, keras_logits, keras_metrics, quantization=mode, seq_length=seq_length,
+            task=config.task, accuracy_budget=cfg.accuracy_budget, latency_runs=cfg.latency_runs,
+            latency_warmup=cfg.latency_warmup, batch_size=cfg.batch_size)
+        artifacts[name]["path"] = f"{name}.tflite (deleted)"
+    return {"training": training, "keras": keras_record, "artifacts": artifacts}
+
+
+def compare(task: str, stock: dict, report: dict) -> dict:
+    """Table rows, ratios against stock dynamic, and the verdicts."""
+    metric = report["metric"]
+    stages = {s["name"]: s for s in report["stages"]}
+    released = set((stages.get("release") or {}).get("released", []))
+    rows = [{"row": "stock Keras fp32", **stock["keras"]}]
+    rows += [{"row": name, **record} for name, record in stock["artifacts"].items()]
+    rows += [{"row": f"tfcompress {name} (Keras)", **{k: stages[name].get(k) for k in ("metrics", "size_bytes", "gzip_bytes")}}
+             for name in ("finetune", "distill", "prune", "qat") if name in stages]
+    rows += [{"row": f"tfcompress {a['name']}", "released": a["name"] in released, **a}
+             for a in report["artifacts"] if not a.get("stock")]
+    base = stock["artifacts"].get("stock-dynamic", {})
+    base_ok = "latency_ms" in base
+    for row in rows:
+        value = (row.get("metrics") or {}).get(metric)
+        row["metric"] = value
+        row["p50_ms_2_threads"] = (row.get("latency_ms") or {}).get("threads2", {}).get("p50")
+        if base_ok and value is not None:
+            row["delta_vs_stock_dynamic_pt"] = 100.0 * (value - base["metrics"][metric])
+            row["gzip_ratio_vs_stock_dynamic"] = row["gzip_bytes"] / base["gzip_bytes"] if row.get("gzip_bytes") else None
+            row["latency_ratio_vs_stock_dynamic"] = (row["p50_ms_2_threads"] / base["latency_ms"]["threads2"]["p50"]
+                                                     if row["p50_ms_2_threads"] else None)
+    ours = [r for r in rows if r.get("released")]
+    dominating = [r["name"] for r in ours if base_ok and r["delta_vs_stock_dynamic_pt"] >= 0
+                  and r["gzip_ratio_vs_stock_dynamic"] <= DOMINATES["gzip_ratio"]
+                  and r["latency_ratio_vs_stock_dynamic"] <= DOMINATES["latency_ratio"]]
+    full_integer = [r for r in ours if r.get("float_ops") == []]
+    close = [r["name"] for r in full_integer if base_ok and r["delta_vs_stock_dynamic_pt"] >= -FULL_INTEGER_BUDGET_PT]
+    finetune_sps = (stages.get("finetune") or {}).get("train_samples_per_second")
+    stock_sps = stock["training"]["samples_per_second"]
+    return {"metric": metric, "rows": rows, "released": sorted(released),
+            "train_samples_per_second": {"stock": stock_sps, "tfcompress_finetune": finetune_sps,
+                                         "tfcompress_prune": (stages.get("prune") or {}).get("train_samples_per_second"),
+                                         "ratio": finetune_sps / stock_sps if finetune_sps else None},
+            "verdict": {"stock_dynamic_measured": base_ok, "released_dominates_stock_dynamic": bool(dominating),
+                        "dominating_artifacts": dominating, "released_full_integer": [r["name"] for r in full_integer],
+                        "full_integer_within_0_5pt_of_stock_dynamic": bool(close)}}
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def summary(task: str, result: dict) -> list[str]:
+    metric = result["metric"]
+    lines = [f"### {task} ({metric}; tfcompress artifacts at seq {result['seq_length']}, stock at seq "
+             f"{result['stock_seq_length']}; {result['test_examples']} test examples)",
+             "", f"| row | {metric} | size MB | gzip MB | p50 ms 2 thr | Δ vs stock dynamic (pt) | gzip ratio | "
+             "latency ratio | released |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['row']} | failed: {row['error'][:80]} ||||||||")
+            continue
+        mb = lambda key: _number(row[key] / 1e6 if row.get(key) else None, ".2f")  # noqa: E731
+        released = {True: "yes", False: "no"}.get(row.get("released"), "-")
+        lines.append(f"| {row['row']} | {_number(row['metric'], '.4f')} | {mb('size_bytes')} | {mb('gzip_bytes')} | "
+                     f"{_number(row['p50_ms_2_threads'], '.2f')} | {_number(row.get('delta_vs_stock_dynamic_pt'), '+.2f')} | "
+                     f"{_number(row.get('gzip_ratio_vs_stock_dynamic'), '.2f')} | "
+                     f"{_number(row.get('latency_ratio_vs_stock_dynamic'), '.2f')} | "
+                     f"{released} |")
+    sps, verdict = result["train_samples_per_second"], result["verdict"]
+    lines += ["", f"Training samples/s: stock `model.fit` {sps['stock']:.1f}, tfcompress finetune "
+                  f"{_number(sps['tfcompress_finetune'], '.1f')} (ratio **{_number(sps['ratio'], '.2f')}x**).",
+              f"Released artifact dominates stock dynamic ({metric} ≥, gzip ≤ {DOMINATES['gzip_ratio']}x, p50 ≤ "
+              f"{DOMINATES['latency_ratio']}x): **{'yes' if verdict['released_dominates_stock_dynamic'] else 'no'}** "
+              f"({', '.join(verdict['dominating_artifacts']) or 'none'}).",
+              f"Released full-integer artifact within {FULL_INTEGER_BUDGET_PT} pt of stock dynamic: "
+              f"**{'yes' if verdict['full_integer_within_0_5pt_of_stock_dynamic'] else 'no'}** (full-integer released: "
+              f"{', '.join(verdict['released_full_integer']) or 'none'}).", ""]
+    return lines
+
+
+def run_task(task: str, args, folder: Path) -> dict:
+    data_dir = None
+    if args.smoke and not args.data_root:
+        data_dir = smoke_data_dir(folder, task, args.max_train_samples, args.max_test_samples)
+    elif args.data_root:
+        data_dir = Path(args.data_root) / task
+    model = args.model
+    if args.smoke and not model:
+        model = smoke_model_dir(folder, TASKS[task], num_labels=2 if task == "sst2" else 9)
+    output_dir = Path(args.output_dir) / task if args.output_dir else folder / f"tfcompress-{task}"
+    config = recipe_config(task, args, output_dir, model, data_dir)
+    started = time.time()
+    report = pipeline.run(config)
+    pipeline.print_summary(report, output_dir)
+    tfc_seconds = time.time() - started
+    export_stage = report.stage("export")
+    if not export_stage:
+        raise SystemExit(f"{task}: --tfc-stages must include export")
+    seq_length = int(export_stage["seq_length"])
+    stock_seq_length = args.stock_seq_length or config.data.max_length
+    stock_dir = folder / f"stock-{task}"
+    stock_dir.mkdir()
+    started = time.time()
+    stock = stock_path(config, stock_seq_length, args.stock_epochs, stock_dir)
+    stock["seconds"] = time.time() - started
+    result = compare(task, stock, report.data)
+    test_examples = len(pipeline.Context(config).examples("test"))
+    result.update({"seq_length": seq_length, "stock_seq_length": stock_seq_length, "test_examples": test_examples, "stock": stock,
+                   "tfcompress": {"seconds": tfc_seconds, "config": config.to_dict(), "report": report.data}})
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    results, lines = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in args.tasks:
+            results[task] = run_task(task, args, Path(tmp))
+            lines += summary(task, results[task])
+            print("\n".join(summary(task, results[task])), flush=True)
+    name = "stock_vs_tfcompress-smoke" if args.smoke else "stock_vs_tfcompress"
+    command = "python benchmarks/stock_vs_tfcompress.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    path = write_results(name, command.strip(), {"settings": vars(args), "tasks": results}, lines,
+                         results_dir=args.results_dir, append_markdown=not args.smoke)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The benchmark scripts run end to end in ``--smoke`` mode (tiny model, tiny data) into a tmp folder.
+
+They are called through ``main(argv)`` in this process (no second TensorFlow start-up); results go to
+``--results-dir`` under tmp_path and smoke runs never append to benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, argv: list[str]) -> dict:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        path = importlib.import_module(script).main(argv)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return json.loads(Path(path).read_text())
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture
+def results_md_untouched():
+    markdown = BENCHMARKS / "RESULTS.md"
+    before = markdown.read_bytes() if markdown.exists() else None
+    yield
+    assert (markdown.read_bytes() if markdown.exists() else None) == before
+
+
+def test_scaling_smoke_measures_latency_and_throughput_and_fits_exponents(tmp_path, results_md_untouched):
+    result = _run("scaling", ["--smoke", "--results-dir", str(tmp_path)])
+    assert (tmp_path / "scaling-smoke.json").is_file()
+    assert {"environment", "command", "settings", "latency", "latency_fit", "throughput", "throughput_fit"} <= set(result)
+    assert set(result["latency"]) == {"fp32", "int8"}
+    for rows in result["latency"].values():
+        assert set(rows) == {"16", "32"}
+        assert all(_positive(r["latency_ms"]["p50"]) and _positive(r["size_bytes"]) for r in rows.values())
+    assert set(result["throughput"]) == {"4", "8"}
+    assert all(_positive(r["samples_per_second"]) for r in result["throughput"].values())
+    for fit in [*result["latency_fit"].values(), result["throughput_fit"]]:
+        assert math.isfinite(fit["b"]) and _positive(fit["a"])
+
+
+@pytest.mark.parametrize("task", ["sst2", "conll2003"])
+def test_stock_vs_tfcompress_smoke_compares_both_paths(task, tmp_path, results_md_untouched):
+    result = _run("stock_vs_tfcompress", ["--smoke", "--tasks", task, "--results-dir", str(tmp_path)])
+    assert (tmp_path / "stock_vs_tfcompress-smoke.json").is_file()
+    entry = result["tasks"][task]
+    assert {"rows", "verdict", "train_samples_per_second", "seq_length", "stock", "tfcompress"} <= set(entry)
+    rows = {row["row"]: row for row in entry["rows"]}
+    assert {"stock Keras fp32", "stock-dynamic", "stock-int8", "tfcompress dynamic", "tfcompress int8"} <= set(rows)
+    for name, row in rows.items():
+        assert 0.0 <= row["metric"] <= 1.0, name
+        assert _positive(row["size_bytes"]) and _positive(row["gzip_bytes"]), name
+        if name != "stock Keras fp32" and "(Keras)" not in name:
+            assert _positive(row["p50_ms_2_threads"]) and _positive(row["latency_ratio_vs_stock_dynamic"]), name
+        assert _positive(row["gzip_ratio_vs_stock_dynamic"]), name
+    sps = entry["train_samples_per_second"]
+    assert _positive(sps["stock"]) and _positive(sps["tfcompress_finetune"]) and _positive(sps["ratio"])
+    assert isinstance(entry["verdict"]["released_dominates_stock_dynamic"], bool)
+    assert isinstance(entry["verdict"]["full_integer_within_0_5pt_of_stock_dynamic"], bool)
