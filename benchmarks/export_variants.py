@@ -38,6 +38,9 @@ VARIANTS = {
     "dynamic": ("dynamic", {}, "tfcompress"),
     "int8": ("int8", {}, "tfcompress"),
     "int8-float-layernorm": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS}, "tfcompress"),
+    # + the attention matmuls in float: LiteRT's CPU int8 BATCH_MATMUL is slow next to XNNPACK's float one
+    "int8-float-layernorm-matmul": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + ("BATCH_MATMUL",)},
+                                    "tfcompress"),
     "int16x8": ("int16x8", {}, "tfcompress"),
 }
 
