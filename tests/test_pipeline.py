@@ -237,3 +237,10 @@ def test_qat_stage_runs_in_the_chain_and_exports_an_int8_artifact_that_keeps_spa
     content = (out / "export" / "qat-int8.tflite").read_bytes()
     int8, total = runtime.int8_kernel_count(content, "FULLY_CONNECTED")
     assert total > 0 and int8 == total
+
+    # Without --model, a later stage alone starts from the run's latest model, not the base model.
+    model_flag = command.index("--model")
+    _in_process(command[:model_flag] + command[model_flag + 2:] + ["--stages", "export", "--export", "fp32"],
+                monkeypatch)
+    export = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert export["name"] == "export" and export["input_model"] == str(out / "qat" / "model")

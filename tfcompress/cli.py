@@ -116,8 +116,9 @@ STAGE_HELP = {
               "in --output-dir (or --model) with TFMOT wrappers while fine-tuning, strip, save OUTPUT/prune/model "
               "and record per-layer sparsity and saved sizes."),
     "qat": ("quantization-aware training (TFMOT)",
-            "Quantization-aware fine-tuning of the latest model in --output-dir (or --model); skipped with a "
-            "log line when this version's tfcompress.quantize has no QAT."),
+            "Quantization-aware fine-tuning of the latest model in --output-dir (or --model) with TFMOT "
+            "wrappers on the encoder Dense layers; saves OUTPUT/qat/model (stripped) and the wrapped weights "
+            "that the export stage converts to qat-int8."),
     "export": ("export TFLite artifacts",
                "Convert the latest model in --output-dir (or --model) to one .tflite per --export mode at a fixed "
                "sequence length; int8/int16x8 are calibrated on training examples."),
@@ -168,21 +169,6 @@ def _stage_parser(subparsers, name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def latest_model(output_dir, before: str, stages_in_order) -> str | None:
-    """The model directory saved by the latest model-producing stage before ``before`` in ``output_dir``."""
-    from tfcompress.pipeline import MODEL_STAGES, read_manifest
-
-    order = list(stages_in_order)
-    earlier = order[: order.index(before)] if before in order else order
-    for name in reversed(earlier):
-        if name not in MODEL_STAGES:
-            continue
-        manifest = read_manifest(Path(output_dir), name)
-        if manifest and manifest.get("model_dir"):
-            return str(Path(output_dir) / manifest["model_dir"])
-    return None
-
-
 def _stage_command(args) -> int:
     from tfcompress import pipeline
 
@@ -190,7 +176,7 @@ def _stage_command(args) -> int:
     defaults = _stage_defaults()
     stages = [args.stage] + (["release"] if getattr(args, "release", False) else [])
     if args.model is None:
-        args.model = latest_model(args.output_dir, args.stage, pipeline.STAGE_ORDER) or defaults.model
+        args.model = pipeline.latest_model(args.output_dir, args.stage) or defaults.model
     if args.stage == "qat" and not (args.qat_epochs or 0) > 0:
         args.qat_epochs = None  # keep qat_train.epochs from the defaults / --set
     try:

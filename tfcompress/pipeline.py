@@ -414,6 +414,19 @@ def _prepare_stage_dir(stage_dir: Path, digest: str) -> None:
     atomic_write_text(marker, digest + "\n")
 
 
+def latest_model(output_dir, before: str) -> str | None:
+    """The model directory saved by the latest model-producing stage before ``before`` in ``output_dir``
+    (so ``--stages export,evaluate`` on a finished run exports its fine-tuned/pruned model)."""
+    earlier = STAGE_ORDER[: STAGE_ORDER.index(before)] if before in STAGE_ORDER else STAGE_ORDER
+    for name in reversed(earlier):
+        if name not in MODEL_STAGES:
+            continue
+        manifest = read_manifest(Path(output_dir), name)
+        if manifest and manifest.get("model_dir"):
+            return str(Path(output_dir) / manifest["model_dir"])
+    return None
+
+
 def _advance(context: Context, name: str, manifest: dict) -> None:
     model_dir = manifest.get("model_dir")
     if model_dir:
@@ -1031,6 +1044,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser, defaults: RecipeConf
 def add_recipe_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig, data_dir: bool = True) -> None:
     """The flags every recipe shares (``data_dir=False`` for recipes that take explicit files)."""
     add_common_arguments(parser, defaults)
+    parser.set_defaults(model=None)
+    for action in parser._actions:  # noqa: SLF001 - reword one help string
+        if action.dest == "model":
+            action.help = ("hub name or local Hugging Face directory of the starting model (default: the model "
+                           "the latest stage before the first one run saved in --output-dir, else "
+                           f"{defaults.model})")
     if data_dir:
         parser.add_argument("--data-dir", default=None,
                             help="folder with the task's files (default: ../shared/data/<task> when it exists)")
@@ -1072,7 +1091,7 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
     config = defaults.copy()
     has = lambda name: getattr(args, name, None) is not None  # noqa: E731
     config.output_dir = args.output_dir
-    config.model = args.model
+    config.model = args.model if args.model is not None else defaults.model
     config.data.max_length = args.max_length
     config.data.max_train_samples = args.max_train_samples
     for section in ("train", "distill_train", "prune_train", "qat_train"):
@@ -1259,6 +1278,9 @@ def recipe_main(defaults: RecipeConfig, files: dict[str, str] | None, task_folde
     if files is None:
         add_data_file_arguments(parser, defaults, task_choice=False)
     args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = latest_model(args.output_dir, chain_stages(args, defaults)[0]) or defaults.model
+        log.info("starting model: %s", args.model)
     try:
         config = config_from_args(args, defaults, files, task_folder)
     except ValueError as error:
