@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SST_ROWS, build_tiny_model
@@ -244,3 +245,18 @@ def test_qat_stage_runs_in_the_chain_and_exports_an_int8_artifact_that_keeps_spa
                 monkeypatch)
     export = json.loads((out / "report.json").read_text())["stages"][-1]
     assert export["name"] == "export" and export["input_model"] == str(out / "qat" / "model")
+
+
+def test_prune_with_the_dense_model_as_teacher(tiny_run, monkeypatch):
+    """--prune-distill-alpha < 1: the prune stage distils from its own dense input while pruning."""
+    command, out = tiny_run
+    _in_process(command + ["--stages", "finetune,prune", "--prune-distill-alpha", "0.5"], monkeypatch)
+    report = json.loads((out / "report.json").read_text())
+    prune_record = report["stages"][-1]
+    assert prune_record["name"] == "prune"
+    assert prune_record["pruned_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert prune_record["distillation"]["teacher"] == str(out / "finetune" / "model")
+    assert prune_record["distillation"]["alpha"] == 0.5
+    logged = [json.loads(line) for line in (out / "prune" / "metrics.jsonl").read_text().splitlines()]
+    kd = [row["train/distill/kd_loss"] for row in logged if "train/distill/kd_loss" in row]
+    assert kd and all(np.isfinite(kd)), "the KD term was not trained"

@@ -212,6 +212,10 @@ class RecipeConfig:
         prune: what and how to prune (:class:`tfcompress.prune.PruneConfig`).
         prune_train: training of the ``prune`` stage (``restore_best`` off: an evaluation before
             the schedule ends would pick a less sparse model).
+        prune_distill: knowledge distillation while pruning. With ``alpha < 1`` the prune stage's
+            input model (the dense fine-tuned one) is loaded a second time as a frozen teacher and
+            the pruned model learns ``alpha * CE + (1 - alpha) * T^2 * KL`` through the Distiller
+            (teacher outputs cached once with ``cache_teacher``). ``alpha = 1`` (default): plain CE.
         qat_train: training of the ``qat`` stage.
         export / evaluate / release: see their classes.
         stages: the stages to run, in order.
@@ -228,6 +232,7 @@ class RecipeConfig:
     distill_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, learning_rate=1e-4))
     prune: PruneConfig = field(default_factory=PruneConfig)
     prune_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, restore_best=False))
+    prune_distill: DistillConfig = field(default_factory=lambda: DistillConfig(alpha=1.0, cache_teacher=True))
     qat_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=2e-5,
                                                                        restore_best=False))
     export: ExportStageConfig = field(default_factory=ExportStageConfig)
@@ -253,7 +258,7 @@ class RecipeConfig:
             raise ValueError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGES)}")
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages={self.stages!r}: a stage appears twice")
-        for section in ("data", "student", "distill", "prune", "export", "evaluate", "release"):
+        for section in ("data", "student", "distill", "prune", "prune_distill", "export", "evaluate", "release"):
             getattr(self, section).validate()
         for section in ("train", "distill_train", "prune_train", "qat_train"):
             try:
@@ -289,7 +294,7 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
     sections = {
         "finetune": ("train",),
         "distill": ("student", "distill", "distill_train"),
-        "prune": ("prune", "prune_train"),
+        "prune": ("prune", "prune_train", "prune_distill"),
         "qat": ("qat_train",),
         "export": ("export",),
         "evaluate": ("evaluate",),
@@ -627,7 +632,17 @@ def prune_stage(context: Context) -> dict:
     train, evaluation = context.encoded("train"), context.encoded("eval")
     steps = total_steps(train, config.prune_train)
     prune.apply(model, config.prune, total_steps=steps)
-    trainer = Trainer(model, config.task, config.prune_train, stage_dir, hooks=prune.hooks(config.prune),
+    trained, hooks, loss_fn, distillation = model, prune.hooks(config.prune), None, None
+    if config.prune_distill.alpha < 1.0:
+        from tfcompress import distill
+
+        teacher = context.load_model(input_model)  # a second, frozen copy of the dense input model
+        trained = distill.Distiller(teacher, model, config.prune_distill, task=config.task, name="prune_distiller")
+        if config.prune_distill.cache_teacher:
+            trained.cache_teacher_outputs(train, batch_size=config.prune_train.eval_batch_size)
+        hooks, loss_fn = distill.hooks(trained) + hooks, trained.loss_fn
+        distillation = {"teacher": str(input_model), **dataclasses.asdict(config.prune_distill)}
+    trainer = Trainer(trained, config.task, config.prune_train, stage_dir, hooks=hooks, loss_fn=loss_fn,
                       label_names=context.label_names, stage="prune")
     result = trainer.fit(train, evaluation)
     pruned_paths = prune.pruned_layers(model)
@@ -652,7 +667,7 @@ def prune_stage(context: Context) -> dict:
         layer_sparsity={name: round(entry["sparsity"], 4) for name, entry in sparsity["layers"].items()},
         pruned_layers=pruned_paths, schedule={"begin_step": begin, "end_step": end, "frequency": frequency,
                                               "total_steps": steps},
-        prune_config=dataclasses.asdict(config.prune), steps=result["steps"],
+        prune_config=dataclasses.asdict(config.prune), distillation=distillation, steps=result["steps"],
         train_samples_per_second=result["samples_per_second"], per_class=_per_class(test_metrics),
         **facts, **input_size)
     report.save()
@@ -1013,6 +1028,10 @@ def add_prune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig)
                        help="also prune the word-embedding table (half of MiniLM's parameters)")
     group.add_argument("--prune-epochs", type=float, default=defaults.prune_train.epochs,
                        help="epochs of pruning while fine-tuning (default: %(default)s)")
+    group.add_argument("--prune-distill-alpha", type=float, default=defaults.prune_distill.alpha,
+                       help="task-loss weight while pruning; below 1 the dense input model is a frozen teacher "
+                            "and the rest is T^2-scaled KL on its logits (temperature: --set "
+                            "prune_distill.temperature=T) (default: %(default)s = no teacher)")
 
 
 def add_qat_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
@@ -1125,6 +1144,8 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         config.prune.prune_embeddings = args.prune_embeddings
     if has("prune_epochs"):
         config.prune_train.epochs = args.prune_epochs
+    if has("prune_distill_alpha"):
+        config.prune_distill.alpha = args.prune_distill_alpha
     if has("qat_epochs") and args.qat_epochs > 0:
         config.qat_train.epochs = args.qat_epochs
     if has("export"):
