@@ -143,12 +143,7 @@ def _stage_parser(subparsers, name: str) -> argparse.ArgumentParser:
     defaults = _stage_defaults()
     pipeline.add_common_arguments(parser, defaults)
     if name != "finetune":
-        parser.set_defaults(model=None)
-        for action in parser._actions:  # noqa: SLF001 - reword one help string
-            if action.dest == "model":
-                action.help = ("starting model: a hub name or local Hugging Face directory (default: the model the "
-                               "latest earlier stage saved in --output-dir, else "
-                               f"{defaults.model})")
+        pipeline.model_defaults_to_run_folder(parser, defaults)
     pipeline.add_data_file_arguments(parser, defaults, task_choice=True)
     if name in ("finetune",):
         pipeline.add_finetune_arguments(parser, defaults)

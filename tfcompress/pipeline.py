@@ -1063,15 +1063,20 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser, defaults: RecipeConf
                            help="release artifacts that failed the parity gate too")
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig, data_dir: bool = True) -> None:
-    """The flags every recipe shares (``data_dir=False`` for recipes that take explicit files)."""
-    add_common_arguments(parser, defaults)
+def model_defaults_to_run_folder(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
+    """``--model`` defaults to None: the caller then takes :func:`latest_model` of ``--output-dir``
+    (the model the latest earlier stage saved there), else ``defaults.model``; the help says so."""
     parser.set_defaults(model=None)
     for action in parser._actions:  # noqa: SLF001 - reword one help string
         if action.dest == "model":
-            action.help = ("hub name or local Hugging Face directory of the starting model (default: the model "
-                           "the latest stage before the first one run saved in --output-dir, else "
-                           f"{defaults.model})")
+            action.help = ("starting model: a hub name or local Hugging Face directory (default: the model the "
+                           f"latest earlier stage saved in --output-dir, else {defaults.model})")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig, data_dir: bool = True) -> None:
+    """The flags every recipe shares (``data_dir=False`` for recipes that take explicit files)."""
+    add_common_arguments(parser, defaults)
+    model_defaults_to_run_folder(parser, defaults)
     if data_dir:
         parser.add_argument("--data-dir", default=None,
                             help="folder with the task's files (default: ../shared/data/<task> when it exists)")
