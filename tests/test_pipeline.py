@@ -64,6 +64,18 @@ def test_report_markdown_has_a_row_per_stage_model_and_artifact_with_deltas():
     assert "int16x8: not released: failed the parity gate" in text
 
 
+def test_report_without_finetune_measures_deltas_against_the_first_input_model():
+    data = _report_data()
+    data["stages"] = data["stages"][1:]  # a run that starts from an already fine-tuned model
+    data["stages"][0]["input_metrics"] = {"accuracy": 0.91}
+    assert report_module.reference_metric(data) == ("input model of the prune stage", 0.91)
+    text = report_module.render_markdown(data)
+    int8 = next(line for line in text.splitlines() if line.startswith("| int8 (tflite)"))
+    assert "-1.70" in int8
+    del data["stages"][0]["input_metrics"]
+    assert report_module.reference_metric(data) == ("prune", 0.895)
+
+
 def test_tradeoff_plot_is_written_atomically_as_png(tmp_path):
     path = tmp_path / "tradeoff.png"
     assert report_module.plot_tradeoff(_report_data(), path)
@@ -229,6 +241,7 @@ def test_qat_stage_runs_in_the_chain_and_exports_an_int8_artifact_that_keeps_spa
     assert [stage["name"] for stage in report["stages"]] == ["finetune", "prune", "qat", "export"]
     qat = report["stages"][2]
     assert qat["steps"] > 0 and qat["input_model"].endswith("prune/model")
+    assert qat["input_metrics"]["accuracy"] == pytest.approx(report["stages"][1]["metrics"]["accuracy"])
     assert json.loads((out / "qat" / "manifest.json").read_text())["stage"] == "qat"
     export = report["stages"][3]
     assert export["input_model"].endswith("qat/model")
@@ -257,6 +270,10 @@ def test_prune_with_the_dense_model_as_teacher(tiny_run, monkeypatch):
     assert prune_record["pruned_sparsity"] == pytest.approx(0.5, abs=0.02)
     assert prune_record["distillation"]["teacher"] == str(out / "finetune" / "model")
     assert prune_record["distillation"]["alpha"] == 0.5
+    # The dense input model's own test metrics are measured before pruning: the finetune stage's numbers.
+    finetune_record = report["stages"][0]
+    assert finetune_record["name"] == "finetune"
+    assert prune_record["input_metrics"]["accuracy"] == pytest.approx(finetune_record["metrics"]["accuracy"])
     logged = [json.loads(line) for line in (out / "prune" / "metrics.jsonl").read_text().splitlines()]
     kd = [row["train/distill/kd_loss"] for row in logged if "train/distill/kd_loss" in row]
     assert kd and all(np.isfinite(kd)), "the KD term was not trained"

@@ -507,6 +507,20 @@ def _test_logits_and_metrics(context: Context, model, max_length: int | None = N
     return logits, metrics.compute_metrics(context.config.task, logits, data.labels, data.label_names)
 
 
+def _input_metrics(context: Context, model) -> dict:
+    """Test metrics of a stage's input model, before the stage changes it: the reference its own
+    Δ is measured against (and the report's, when the run has no finetune stage)."""
+    _, values = _test_logits_and_metrics(context, model)
+    return _scalars(values)
+
+
+def _delta_text(context: Context, after: dict, before: dict) -> str:
+    primary = _primary(context)
+    if primary not in after or primary not in before:
+        return ""
+    return f" ({(after[primary] - before[primary]) * 100:+.2f} pt vs its input model's {before[primary]:.4f})"
+
+
 def _scalars(values: dict) -> dict:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -632,6 +646,7 @@ def prune_stage(context: Context) -> dict:
     input_model = context.current_model
     started = time.time()
     model = context.load_model()
+    input_metrics = _input_metrics(context, model)
     train, evaluation = context.encoded("train"), context.encoded("eval")
     steps = total_steps(train, config.prune_train)
     prune.apply(model, config.prune, total_steps=steps)
@@ -665,8 +680,8 @@ def prune_stage(context: Context) -> dict:
     report = context.report()
     record = report.set_stage(
         "prune", metrics=_scalars(test_metrics), seconds=time.time() - started, output="prune/",
-        model_dir="prune/model", input_model=input_model, eval_metrics=_scalars(result["metrics"]),
-        pruned_sparsity=round(sparsity["pruned"]["sparsity"], 6), pruned_params=sparsity["pruned"]["params"],
+        model_dir="prune/model", input_model=input_model, input_metrics=input_metrics,
+        eval_metrics=_scalars(result["metrics"]), pruned_sparsity=round(sparsity["pruned"]["sparsity"], 6), pruned_params=sparsity["pruned"]["params"],
         layer_sparsity={name: round(entry["sparsity"], 4) for name, entry in sparsity["layers"].items()},
         pruned_layers=pruned_paths, schedule={"begin_step": begin, "end_step": end, "frequency": frequency,
                                               "total_steps": steps},
@@ -674,9 +689,9 @@ def prune_stage(context: Context) -> dict:
         train_samples_per_second=result["samples_per_second"], per_class=_per_class(test_metrics),
         **facts, **input_size)
     report.save()
-    log.info("prune: %s=%.4f, sparsity %.3f of the pruned layers (%.3f of all weight matrices), gzip %.2f MB",
-             _primary(context), test_metrics[_primary(context)], sparsity["pruned"]["sparsity"],
-             sparsity["global"]["sparsity"], facts["gzip_bytes"] / 1e6)
+    log.info("prune: %s=%.4f%s, sparsity %.3f of the pruned layers (%.3f of all weight matrices), gzip %.2f MB",
+             _primary(context), test_metrics[_primary(context)], _delta_text(context, record["metrics"], input_metrics),
+             sparsity["pruned"]["sparsity"], sparsity["global"]["sparsity"], facts["gzip_bytes"] / 1e6)
     return record
 
 
@@ -707,6 +722,7 @@ def qat_stage(context: Context) -> dict:
     input_model = context.current_model
     started = time.time()
     model = context.load_model()
+    input_metrics = _input_metrics(context, model)
     model, qconfig = _apply_qat(model, calibration=context.encoded("train"))
     train, evaluation = context.encoded("train"), context.encoded("eval")
     hooks = quantize.hooks(qconfig) if qconfig is not None else quantize.hooks()
@@ -722,9 +738,11 @@ def qat_stage(context: Context) -> dict:
     facts = _model_facts(model, stage_dir / "model")
     record = report.set_stage(
         "qat", metrics=_scalars(test_metrics), seconds=time.time() - started, output="qat/",
-        model_dir="qat/model", input_model=input_model, qat_metrics=_scalars(qat_metrics),
-        eval_metrics=_scalars(result["metrics"]), steps=result["steps"], **facts)
+        model_dir="qat/model", input_model=input_model, input_metrics=input_metrics,
+        qat_metrics=_scalars(qat_metrics), eval_metrics=_scalars(result["metrics"]), steps=result["steps"], **facts)
     report.save()
+    log.info("qat: %s=%.4f%s", _primary(context), test_metrics[_primary(context)],
+             _delta_text(context, record["metrics"], input_metrics))
     return record
 
 

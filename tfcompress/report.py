@@ -100,7 +100,8 @@ def reference_metric(data: dict) -> tuple[str | None, float | None]:
     """The fine-tuned fp32 Keras model's metric that every delta is measured against.
 
     The ``finetune`` stage's test metric; without one (a run that starts from a fine-tuned model),
-    the distillation teacher's, else the first stage that has the metric.
+    the distillation teacher's, else the first stage's input model (``input_metrics``, measured by the
+    prune and qat stages before they change it), else the first stage that has the metric.
     """
     metric = data.get("metric")
     stages = data.get("stages", [])
@@ -111,6 +112,10 @@ def reference_metric(data: dict) -> tuple[str | None, float | None]:
         teacher = (record.get("teacher_metrics") or {}).get(metric)
         if record["name"] == "distill" and isinstance(teacher, (int, float)):
             return "distill teacher", float(teacher)
+    for record in stages:
+        value = (record.get("input_metrics") or {}).get(metric)
+        if isinstance(value, (int, float)):
+            return f"input model of the {record['name']} stage", float(value)
     for record in stages:
         if _primary(record, metric) is not None:
             return record["name"], _primary(record, metric)
