@@ -24,7 +24,7 @@ stage's ``train_samples_per_second`` (examples / summed step times); both includ
 (tracing) step.
 
     python benchmarks/stock_vs_tfcompress.py --max-train-samples 4000
-    python benchmarks/stock_vs_tfcompress.py --tasks sst2 --tfc-epochs 2 --output-dir runs/bench
+    python benchmarks/stock_vs_tfcompress.py --tasks sst2 --output-dir runs/bench
 
 The pipeline is resumable: ``--output-dir`` pointing at a folder whose recipe stages already finished
 with the same config (``<dir>/sst2``) reuses them and only the stock path is trained.
@@ -71,8 +71,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-test-samples", type=int, default=0,
                         help="first N test examples for every evaluation (0: all; default: %(default)s)")
     parser.add_argument("--stock-epochs", type=int, default=1, help="stock model.fit epochs (default: %(default)s)")
-    parser.add_argument("--tfc-epochs", type=float, default=1,
-                        help="tfcompress finetune epochs (the prune stage keeps the recipe's) (default: %(default)s)")
+    parser.add_argument("--tfc-epochs", type=float, default=None,
+                        help="tfcompress finetune epochs (the prune stage keeps the recipe's) (default: the "
+                             "recipe's, so the default run is the recipe's default chain)")
     parser.add_argument("--tfc-stages", default="finetune,prune,export,evaluate,release",
                         help="tfcompress recipe stages (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -111,10 +112,11 @@ def recipe_config(task: str, args, output_dir, model, data_dir) -> pipeline.Reci
     recipe = importlib.import_module(f"recipes.{task}")
     parser = argparse.ArgumentParser()
     pipeline.add_recipe_arguments(parser, recipe.DEFAULTS)
-    argv = ["--output-dir", str(output_dir), "--stages", args.tfc_stages, "--epochs", str(args.tfc_epochs),
+    argv = ["--output-dir", str(output_dir), "--stages", args.tfc_stages,
             "--max-train-samples", str(args.max_train_samples),
             "--set", f"evaluate.latency_runs={args.latency_runs}",
             "--set", f"evaluate.latency_warmup={args.latency_warmup}"]
+    argv += ["--epochs", str(args.tfc_epochs)] if args.tfc_epochs is not None else []
     argv += ["--model", model] if model else []
     argv += ["--data-dir", str(data_dir)] if data_dir else []
     if args.smoke:  # two artifacts keep it short; --set export.modes=... overrides

@@ -84,6 +84,36 @@ def test_tradeoff_plot_is_written_atomically_as_png(tmp_path):
     assert not report_module.plot_tradeoff({"metric": "accuracy", "stages": [], "artifacts": []}, tmp_path / "x.png")
 
 
+def test_a_flag_equal_to_the_default_keeps_the_hashes():
+    """``--epochs 2`` parses to 2.0; a recipe default of 2 is the same config, so nothing reruns."""
+    config = pipeline.RecipeConfig(stages=["finetune", "prune", "export"])
+    config.train.epochs = 2
+    before = pipeline.stage_hashes(config)
+    config.train.epochs = 2.0
+    assert pipeline.stage_hashes(config) == before
+    config.train.epochs = 2.5
+    assert pipeline.stage_hashes(config)["finetune"] != before["finetune"]
+
+
+def test_run_still_skips_stages_finished_under_the_legacy_hash(tmp_path, monkeypatch):
+    """Folders written before integral floats were folded into the hash do not recompute."""
+    calls = []
+    monkeypatch.setitem(pipeline.STAGES, "finetune", lambda context: calls.append("finetune") or {})
+    monkeypatch.setattr(pipeline, "write_outputs", lambda *args, **kwargs: None)
+    config = pipeline.RecipeConfig(stages=["finetune"], output_dir=str(tmp_path))
+    monkeypatch.setattr(config, "validate", lambda: None)
+    legacy = pipeline.stage_hashes(config, canonical=False)["finetune"]
+    assert legacy != pipeline.stage_hashes(config)["finetune"]  # the default config has integral floats
+    path = pipeline.manifest_path(tmp_path, "finetune")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stage": "finetune", "config_hash": legacy}))
+    pipeline.run(config)
+    assert calls == []
+    path.write_text(json.dumps({"stage": "finetune", "config_hash": "0123456789abcdef"}))
+    pipeline.run(config)
+    assert calls == ["finetune"]
+
+
 def test_config_change_changes_only_that_stage_and_the_ones_after():
     config = pipeline.RecipeConfig(stages=["finetune", "distill", "prune", "export", "evaluate", "release"])
     before = pipeline.stage_hashes(config)

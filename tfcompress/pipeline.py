@@ -287,8 +287,22 @@ def stage(name: str):
     return register
 
 
-def config_hash(*parts) -> str:
-    return hashlib.sha256(to_json(list(parts)).encode()).hexdigest()[:16]
+def _canonical(value):
+    """Integral floats as ints (``--epochs 2`` parses to 2.0, a recipe default may say 2: same config)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def config_hash(*parts, canonical: bool = True) -> str:
+    """16 hex digits of the parts' JSON; ``canonical=False``: the hash before integral floats were
+    folded to ints (folders written by tfcompress before that change)."""
+    parts = _canonical(list(parts)) if canonical else list(parts)
+    return hashlib.sha256(to_json(parts).encode()).hexdigest()[:16]
 
 
 def stage_config(config: RecipeConfig, name: str) -> dict:
@@ -317,6 +331,7 @@ class Context:
         self.current_model: str = config.model
         self.stage_models: dict[str, str] = {}
         self.digest: str | None = None
+        self.accepted_digests: set[str] = set()  # digest plus its legacy form (see stage_hashes)
         self._cache: dict = {}
 
     # data -------------------------------------------------------------------------------
@@ -403,19 +418,15 @@ def read_manifest(output_dir: Path, name: str) -> dict | None:
         return None
 
 
-def stage_is_done(output_dir: Path, name: str, digest: str) -> bool:
-    manifest = read_manifest(output_dir, name)
-    return bool(manifest) and manifest.get("config_hash") == digest
-
-
 MARKER = ".config_hash"
 
 
-def _prepare_stage_dir(stage_dir: Path, digest: str) -> None:
-    """Keep an interrupted stage's files (same hash: resume); empty the folder when the hash changed."""
+def _prepare_stage_dir(stage_dir: Path, digest: str, accepted: set[str] | None = None) -> None:
+    """Keep an interrupted stage's files (same hash, or one in ``accepted``: resume); empty the folder
+    when the hash changed."""
     marker = stage_dir / MARKER
     previous = marker.read_text().strip() if marker.exists() else None
-    if stage_dir.exists() and previous != digest and any(stage_dir.iterdir()):
+    if stage_dir.exists() and previous not in (accepted or {digest}) and any(stage_dir.iterdir()):
         log.info("stage %s: config changed (%s -> %s), starting it afresh", stage_dir.name, previous, digest)
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -442,12 +453,13 @@ def _advance(context: Context, name: str, manifest: dict) -> None:
         context.stage_models[name] = context.current_model
 
 
-def stage_hashes(config: RecipeConfig) -> dict[str, str]:
+def stage_hashes(config: RecipeConfig, canonical: bool = True) -> dict[str, str]:
     """``{stage: config hash}`` in chain order. A stage's hash covers its own config section and the
-    previous stage's hash, so a change upstream recomputes everything downstream and nothing above."""
+    previous stage's hash, so a change upstream recomputes everything downstream and nothing above.
+    ``canonical=False``: the legacy hashes (see :func:`config_hash`), still accepted by :func:`run`."""
     hashes, digest = {}, None
     for name in config.stages:
-        digest = config_hash(digest, name, stage_config(config, name))
+        digest = config_hash(digest, name, stage_config(config, name), canonical=canonical)
         hashes[name] = digest
     return hashes
 
@@ -462,15 +474,17 @@ def run(config: RecipeConfig) -> Report:
     context = Context(config)
     context.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(context.output_dir / "config.json", config.to_dict())
+    legacy = stage_hashes(config, canonical=False)  # folders written before integral floats were folded
     for name, digest in stage_hashes(config).items():
+        accepted = {digest, legacy[name]}
         manifest = read_manifest(context.output_dir, name)
-        if manifest and manifest.get("config_hash") == digest:
-            log.info("stage %s: done already (config hash %s), skipped", name, digest)
+        if manifest and manifest.get("config_hash") in accepted:
+            log.info("stage %s: done already (config hash %s), skipped", name, manifest["config_hash"])
             _advance(context, name, manifest)
             continue
-        _prepare_stage_dir(context.stage_dir(name), digest)
+        _prepare_stage_dir(context.stage_dir(name), digest, accepted)
         log.info("stage %s: running (input model %s)", name, context.current_model)
-        context.digest = digest
+        context.digest, context.accepted_digests = digest, accepted
         started = time.time()
         record = STAGES[name](context) or {}
         seconds = time.time() - started
@@ -857,7 +871,7 @@ def evaluate_stage(context: Context) -> dict:
     records = []
     for artifact in export_record["artifacts"]:
         old = previous.get(artifact["name"])
-        if old and old.get("evaluation_hash") == context.digest:
+        if old and old.get("evaluation_hash") in context.accepted_digests:
             log.info("evaluate %s: done already", artifact["name"])
             records.append(old)
             continue
