@@ -25,10 +25,10 @@ stage's ``train_samples_per_second`` (examples / summed step times); both includ
 
     python benchmarks/stock_vs_tfcompress.py --max-train-samples 4000
     python benchmarks/stock_vs_tfcompress.py --tasks sst2 --output-dir runs/bench
+    python benchmarks/stock_vs_tfcompress.py --smoke --results-dir /tmp/results   # tiny model, ~1 min
 
 The pipeline is resumable: ``--output-dir`` pointing at a folder whose recipe stages already finished
 with the same config (``<dir>/sst2``) reuses them and only the stock path is trained.
-    python benchmarks/stock_vs_tfcompress.py --smoke --results-dir /tmp/results   # tiny model, ~1 min
 
 Writes benchmarks/results/stock_vs_tfcompress.json and appends to benchmarks/RESULTS.md
 (``--smoke``: stock_vs_tfcompress-smoke.json only).
@@ -127,9 +127,9 @@ def recipe_config(task: str, args, output_dir, model, data_dir) -> pipeline.Reci
     return pipeline.config_from_args(parser.parse_args(argv), recipe.DEFAULTS, recipe.FILES, task)
 
 
-def stock_path(config: pipeline.RecipeConfig, seq_length: int, epochs: int, folder: Path) -> dict:
+def stock_path(context: pipeline.Context, seq_length: int, epochs: int, folder: Path) -> dict:
     """Train, size, convert and evaluate the hand-made path; returns its records."""
-    context = pipeline.Context(config)  # same files, caps, tokenizer and test encoding as the recipe
+    config = context.config  # same files, caps, tokenizer and test encoding as the recipe
     train = context.encoded("train")
     features, labels = train.padded_batch(np.arange(len(train)), pad_to=config.data.max_length, truncate=True)
     model = models.load_model(config.model, task=config.task, labels=context.label_names)
@@ -186,15 +186,12 @@ def same_run_latency(artifacts: dict[str, tuple[Path, dict]], runs: int, warmup:
             for name, per_thread in rounds_seen.items()}
 
 
-def _latency_inputs(config: pipeline.RecipeConfig, stock_dir: Path, stock: dict, output_dir: Path,
+def _latency_inputs(context: pipeline.Context, stock_dir: Path, stock: dict, output_dir: Path,
                     report: dict) -> dict[str, tuple[Path, dict]]:
     """Every measurable artifact of both paths with one test example at its own length."""
-    context, examples = pipeline.Context(config), {}
 
     def example(length: int) -> dict:
-        if length not in examples:
-            examples[length] = context.encoded("test", length).padded_batch(np.arange(1), pad_to=length)[0]
-        return examples[length]
+        return context.encoded("test", length).padded_batch(np.arange(1), pad_to=length)[0]
 
     chosen = {}
     for name, record in stock["artifacts"].items():
@@ -311,12 +308,13 @@ def run_task(task: str, args, folder: Path) -> dict:
     stock_dir = folder / f"stock-{task}"
     stock_dir.mkdir()
     started = time.time()
-    stock = stock_path(config, stock_seq_length, args.stock_epochs, stock_dir)
+    context = pipeline.Context(config)  # one tokenisation of the splits for the stock path and the timing
+    stock = stock_path(context, stock_seq_length, args.stock_epochs, stock_dir)
     stock["seconds"] = time.time() - started
-    latency = same_run_latency(_latency_inputs(config, stock_dir, stock, output_dir, report.data),
+    latency = same_run_latency(_latency_inputs(context, stock_dir, stock, output_dir, report.data),
                                runs=args.latency_runs, warmup=args.latency_warmup, rounds=args.latency_rounds)
     result = compare(task, stock, report.data, latency)
-    test_examples = len(pipeline.Context(config).examples("test"))
+    test_examples = len(context.examples("test"))
     result.update({"seq_length": seq_length, "stock_seq_length": stock_seq_length, "test_examples": test_examples, "stock": stock,
                    "tfcompress": {"seconds": tfc_seconds, "config": config.to_dict(), "report": report.data}})
     return result

@@ -20,7 +20,8 @@ Expected time on 2 CPU cores: the finetune stage took 54 min (5 x 439 steps) on 
 Expected results (measured 2026-11-22): finetune entity F1 0.8743 on test.txt (P 0.877, R 0.872),
 0.9177 on dev.txt; the prune stage (50 %, 1 epoch) 0.8591. A 3-layer student distilled from that
 model (``--distill-from runs/conll2003/finetune/model --student-layers 3 --stages distill
---set distill.cache_teacher=true``, 6 epochs): 0.8513 (dev 0.8999), 21 min.
+--set distill.cache_teacher=true``, 6 epochs): 0.8513 (dev 0.8999), 21 min with the test suite
+running beside it.
 
 Smoke mode::
 
@@ -49,7 +50,8 @@ DEFAULTS = RecipeConfig(
     prune_train=TrainConfig(epochs=1, batch_size=32, learning_rate=5e-5, warmup_ratio=0.0, eval_every=0,
                             log_every=50, checkpoint_every=200, restore_best=False),
     # Student distillation (--student-layers 3 / --distill-from): 6 epochs (2,634 steps) gave test F1
-    # 0.8513 vs the 0.8743 teacher (-2.30), 3 epochs 0.8487 (-2.56); 21 min on 2 cores (2026-11-22).
+    # 0.8513 vs the 0.8743 teacher (-2.30), 3 epochs 0.8487 (-2.56); 21 min on 2 cores shared with the
+    # test suite (2026-11-22).
     distill_train=TrainConfig(epochs=6, batch_size=32, learning_rate=1e-4, log_every=50, checkpoint_every=200),
     qat_train=TrainConfig(epochs=1, batch_size=32, learning_rate=2e-5, warmup_ratio=0.0, log_every=50,
                           checkpoint_every=200, restore_best=False),

@@ -271,7 +271,6 @@ def test_qat_stage_runs_in_the_chain_and_exports_an_int8_artifact_that_keeps_spa
     assert [stage["name"] for stage in report["stages"]] == ["finetune", "prune", "qat", "export"]
     qat = report["stages"][2]
     assert qat["steps"] > 0 and qat["input_model"].endswith("prune/model")
-    assert qat["input_metrics"]["accuracy"] == pytest.approx(report["stages"][1]["metrics"]["accuracy"])
     assert json.loads((out / "qat" / "manifest.json").read_text())["stage"] == "qat"
     export = report["stages"][3]
     assert export["input_model"].endswith("qat/model")
@@ -290,6 +289,35 @@ def test_qat_stage_runs_in_the_chain_and_exports_an_int8_artifact_that_keeps_spa
     assert export["name"] == "export" and export["input_model"] == str(out / "qat" / "model")
 
 
+def test_prune_from_another_folder_measures_its_input_model(tiny_run, monkeypatch):
+    """A prune stage whose input model no stage of this run saved evaluates that model (not another
+    one) on the test set before pruning it, and records the result as ``input_metrics``."""
+    from tfcompress import models
+
+    command, out = tiny_run
+    _in_process(command + ["--stages", "finetune"], monkeypatch)
+    finetuned = out / "finetune" / "model"
+    weight_sum = lambda model: float(sum(np.abs(w).sum() for w in model.get_weights()))  # noqa: E731
+    evaluated, real = [], pipeline._test_logits_and_metrics
+
+    def spy(context, model, max_length=None):
+        logits, values = real(context, model, max_length)
+        evaluated.append((weight_sum(model), values))
+        return logits, values
+
+    monkeypatch.setattr(pipeline, "_test_logits_and_metrics", spy)
+    other = out.parent / "prune-only"
+    argv = list(command)
+    argv[argv.index("--model") + 1] = str(finetuned)
+    argv[argv.index("--output-dir") + 1] = str(other)
+    _in_process(argv + ["--stages", "prune"], monkeypatch)
+    prune_record = json.loads((other / "report.json").read_text())["stages"][0]
+    assert prune_record["name"] == "prune" and prune_record["input_model"] == str(finetuned)
+    first_weights, first_metrics = evaluated[0]  # before pruning: the fine-tuned model itself
+    assert first_weights == pytest.approx(weight_sum(models.load_model(str(finetuned))), rel=1e-6)
+    assert prune_record["input_metrics"]["accuracy"] == pytest.approx(first_metrics["accuracy"])
+
+
 def test_prune_with_the_dense_model_as_teacher(tiny_run, monkeypatch):
     """--prune-distill-alpha < 1: the prune stage distils from its own dense input while pruning."""
     command, out = tiny_run
@@ -300,10 +328,6 @@ def test_prune_with_the_dense_model_as_teacher(tiny_run, monkeypatch):
     assert prune_record["pruned_sparsity"] == pytest.approx(0.5, abs=0.02)
     assert prune_record["distillation"]["teacher"] == str(out / "finetune" / "model")
     assert prune_record["distillation"]["alpha"] == 0.5
-    # The dense input model's own test metrics are measured before pruning: the finetune stage's numbers.
-    finetune_record = report["stages"][0]
-    assert finetune_record["name"] == "finetune"
-    assert prune_record["input_metrics"]["accuracy"] == pytest.approx(finetune_record["metrics"]["accuracy"])
     logged = [json.loads(line) for line in (out / "prune" / "metrics.jsonl").read_text().splitlines()]
     kd = [row["train/distill/kd_loss"] for row in logged if "train/distill/kd_loss" in row]
     assert kd and all(np.isfinite(kd)), "the KD term was not trained"

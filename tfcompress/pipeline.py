@@ -523,7 +523,12 @@ def _test_logits_and_metrics(context: Context, model, max_length: int | None = N
 
 def _input_metrics(context: Context, model) -> dict:
     """Test metrics of a stage's input model, before the stage changes it: the reference its own
-    Δ is measured against (and the report's, when the run has no finetune stage)."""
+    Δ is measured against (and the report's, when the run has no finetune stage). Taken from the
+    earlier stage of this run that saved the model (its test metrics, same test set), else measured."""
+    for name, path in context.stage_models.items():
+        record = context.report().stage(name) if path == context.current_model else None
+        if record and record.get("metrics"):
+            return dict(record["metrics"])
     _, values = _test_logits_and_metrics(context, model)
     return _scalars(values)
 
@@ -695,7 +700,8 @@ def prune_stage(context: Context) -> dict:
     record = report.set_stage(
         "prune", metrics=_scalars(test_metrics), seconds=time.time() - started, output="prune/",
         model_dir="prune/model", input_model=input_model, input_metrics=input_metrics,
-        eval_metrics=_scalars(result["metrics"]), pruned_sparsity=round(sparsity["pruned"]["sparsity"], 6), pruned_params=sparsity["pruned"]["params"],
+        eval_metrics=_scalars(result["metrics"]), pruned_sparsity=round(sparsity["pruned"]["sparsity"], 6),
+        pruned_params=sparsity["pruned"]["params"],
         layer_sparsity={name: round(entry["sparsity"], 4) for name, entry in sparsity["layers"].items()},
         pruned_layers=pruned_paths, schedule={"begin_step": begin, "end_step": end, "frequency": frequency,
                                               "total_steps": steps},
@@ -704,8 +710,9 @@ def prune_stage(context: Context) -> dict:
         **facts, **input_size)
     report.save()
     log.info("prune: %s=%.4f%s, sparsity %.3f of the pruned layers (%.3f of all weight matrices), gzip %.2f MB",
-             _primary(context), test_metrics[_primary(context)], _delta_text(context, record["metrics"], input_metrics),
-             sparsity["pruned"]["sparsity"], sparsity["global"]["sparsity"], facts["gzip_bytes"] / 1e6)
+             _primary(context), test_metrics[_primary(context)],
+             _delta_text(context, record["metrics"], input_metrics), sparsity["pruned"]["sparsity"],
+             sparsity["global"]["sparsity"], facts["gzip_bytes"] / 1e6)
     return record
 
 
