@@ -213,6 +213,25 @@ def _apply_overrides(config, overrides: dict | None) -> None:
         setattr(config, key, value)
 
 
+def _apply_pooling(config, cls, task: str, pooling: str | None, fine_tuned_head: bool, directory: Path):
+    """Record ``pooling`` in the config and return the class that builds that head."""
+    from tfcompress import heads
+
+    if pooling is not None:
+        if pooling not in heads.POOLINGS:
+            raise ValueError(f"pooling={pooling!r}: expected one of {heads.POOLINGS}")
+        if task != "sequence" and pooling != "cls":
+            raise ValueError(f"pooling={pooling!r} is for sequence classification; token tasks "
+                             "classify every token")
+        saved = heads.pooling_of(config)
+        if fine_tuned_head and saved != pooling:
+            raise LabelMismatchError(
+                f"the model in {directory} was fine-tuned with the {saved!r} pooling head; pooling="
+                f"{pooling!r} would discard it. Pass pooling=None to keep it, or start from the base encoder")
+        setattr(config, heads.CONFIG_FIELD, pooling)
+    return heads.sequence_class(config, cls) if task == "sequence" else cls
+
+
 def _safetensors_format(path: Path) -> str:
     from safetensors import safe_open
 
@@ -316,7 +335,7 @@ def _load_h5(cls, config, directory: Path):
 
 
 def load_model(name_or_path: str | None = None, task: str = "sequence", labels: list[str] | None = None,
-               config_overrides: dict | None = None):
+               config_overrides: dict | None = None, pooling: str | None = None):
     """Load a TF encoder with a classification head for ``task``, built and ready to call.
 
     Args:
@@ -328,6 +347,10 @@ def load_model(name_or_path: str | None = None, task: str = "sequence", labels: 
             config. None keeps the model's own labels.
         config_overrides (dict | None): config fields to set before building (e.g. dropout rates);
             unknown fields raise ``ValueError``.
+        pooling (str | None): sequence head: ``"cls"`` (the architecture's own [CLS] pooler head) or
+            ``"mean"`` (masked mean of the last hidden states, :mod:`tfcompress.heads`; BERT
+            architecture only). None keeps what the saved config says (``cls`` if nothing). A
+            fine-tuned head cannot be switched to the other pooling.
 
     Returns:
         transformers.TFPreTrainedModel: called once on ``model.dummy_inputs``.
@@ -351,8 +374,10 @@ def load_model(name_or_path: str | None = None, task: str = "sequence", labels: 
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
     except Exception as error:
         raise ModelLoadError(f"could not read {directory / CONFIG_NAME}: {_short(error, 300)}") from error
+    fine_tuned_head = not _is_default_label_map(config.id2label)
     _apply_labels(config, labels, str(directory))
     _apply_overrides(config, config_overrides)
+    cls = _apply_pooling(config, cls, task, pooling, fine_tuned_head, directory)
 
     has = lambda name: (directory / name).is_file()  # noqa: E731
     if has(TF_WEIGHTS_NAME) or has(TF_WEIGHTS_INDEX_NAME):

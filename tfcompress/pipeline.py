@@ -207,6 +207,9 @@ class RecipeConfig:
         task: ``"sequence"`` or ``"token"``.
         output_dir: the run folder.
         model: hub name or local directory of the starting model.
+        pooling: the sequence head the ``finetune`` stage gives the starting model: ``"cls"`` (the
+            architecture's [CLS] pooler) or ``"mean"`` (masked mean of the last hidden states; BERT
+            architecture; see :mod:`tfcompress.heads`). Later stages keep the head they are given.
         data: a :class:`DataConfig`.
         train: the fine-tuning :class:`TrainConfig`.
         student: teacher and student size for the ``distill`` stage.
@@ -228,6 +231,7 @@ class RecipeConfig:
     task: str = "sequence"
     output_dir: str = "runs/custom"
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    pooling: str = "cls"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -256,6 +260,8 @@ class RecipeConfig:
         """Check every section; ``ValueError`` names the field (``prune_train.epochs=0: ...``)."""
         if self.task not in ("sequence", "token"):
             raise ValueError(f"task={self.task!r}: must be 'sequence' or 'token'")
+        if self.pooling not in ("cls", "mean") or (self.task == "token" and self.pooling != "cls"):
+            raise ValueError(f"pooling={self.pooling!r}: 'cls' or 'mean' for sequence tasks, 'cls' for token tasks")
         unknown = [s for s in self.stages if s not in STAGES]
         if not self.stages or unknown:
             raise ValueError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGES)}")
@@ -319,6 +325,8 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
     }.get(name, ())
     for section in sections:
         base[section] = dataclasses.asdict(getattr(config, section))
+    if name == "finetune" and config.pooling != "cls":  # absent when default: older run folders keep their hash
+        base["pooling"] = config.pooling
     return base
 
 
@@ -380,11 +388,13 @@ class Context:
         return list(self.examples("train").label_names)
 
     # models -----------------------------------------------------------------------------
-    def load_model(self, path: str | None = None):
-        """Load ``path`` (default: the current model) for this task with the training file's labels."""
+    def load_model(self, path: str | None = None, pooling: str | None = None):
+        """Load ``path`` (default: the current model) for this task with the training file's labels
+        (``pooling``: see :func:`tfcompress.models.load_model`; None keeps the saved head's)."""
         from tfcompress import models
 
-        return models.load_model(str(path or self.current_model), task=self.config.task, labels=self.label_names)
+        return models.load_model(str(path or self.current_model), task=self.config.task, labels=self.label_names,
+                                 pooling=pooling)
 
     def stage_dir(self, name: str) -> Path:
         return self.output_dir / name
@@ -582,7 +592,7 @@ def finetune_stage(context: Context) -> dict:
     config = context.config
     stage_dir = context.stage_dir("finetune")
     input_model = context.current_model
-    model = context.load_model()
+    model = context.load_model(pooling=config.pooling if config.task == "sequence" else None)
     train, evaluation = context.encoded("train"), context.encoded("eval")
     started = time.time()
     trainer = Trainer(model, config.task, config.train, stage_dir, label_names=context.label_names,
@@ -1033,6 +1043,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConf
                        help="examples per step, every training stage (default: %(default)s)")
     group.add_argument("--learning-rate", type=float, default=defaults.train.learning_rate,
                        help="peak fine-tuning learning rate (default: %(default)s)")
+    group.add_argument("--pooling", choices=("cls", "mean"), default=defaults.pooling,
+                       help="sequence head of the fine-tuned model: the [CLS] pooler, or the masked mean of "
+                            "the last hidden states (BERT architecture; what sentence-transformers "
+                            "checkpoints were trained with) (default: %(default)s)")
 
 
 def add_distill_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
@@ -1171,6 +1185,8 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
             getattr(config, section).batch_size = args.batch_size
     if has("learning_rate"):
         config.train.learning_rate = args.learning_rate
+    if has("pooling"):
+        config.pooling = args.pooling
     if has("distill_from"):
         config.student.teacher = args.distill_from
     if has("student_layers"):

@@ -1,0 +1,108 @@
+"""The mean-pooling sequence head (tfcompress.heads) on tiny BERT models: padding, save/load, refusals,
+training, pruning and TFLite export."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import build_tiny_model
+from test_models import write_pytorch_dir
+from tfcompress import export, heads, models, prune, runtime
+from tfcompress.distill import make_student
+
+IDS = np.array([[2, 5, 9, 14, 21, 3], [2, 30, 31, 3, 0, 0]], dtype=np.int32)
+MASK = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=np.int32)
+
+
+def _inputs(pad_to: int) -> dict:
+    extra = pad_to - IDS.shape[1]
+    return {"input_ids": np.pad(IDS, ((0, 0), (0, extra))), "attention_mask": np.pad(MASK, ((0, 0), (0, extra)))}
+
+
+def _logits(model, inputs) -> np.ndarray:
+    return model(dict(inputs), training=False).logits.numpy()
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    """A bare-encoder PyTorch-format checkpoint (no head, like the packaged MiniLM)."""
+    return write_pytorch_dir(build_tiny_model("sequence", "bert"), tmp_path / "base", drop_head=True)
+
+
+def test_mean_head_equals_masked_mean_of_last_hidden_states(base_dir):
+    model = models.load_model(str(base_dir), labels=["neg", "pos"], pooling="mean")
+    assert type(model).__name__ == "TFBertMeanPoolingForSequenceClassification"
+    assert not any("pooler" in w.name for w in model.weights)
+    hidden = model.bert(input_ids=IDS, attention_mask=MASK, training=False).last_hidden_state.numpy()
+    # by hand: the second row averages its 4 real tokens only
+    means = np.stack([hidden[0].mean(0), hidden[1, :4].mean(0)])
+    kernel, bias = (w.numpy() for w in model.classifier.weights)
+    np.testing.assert_allclose(_logits(model, _inputs(6)), means @ kernel + bias, atol=1e-5)
+
+
+def test_mean_head_logits_do_not_depend_on_padding_length(base_dir):
+    model = models.load_model(str(base_dir), labels=["neg", "pos"], pooling="mean")
+    np.testing.assert_allclose(_logits(model, _inputs(6)), _logits(model, _inputs(16)), atol=1e-5)
+
+
+def test_mean_head_saves_and_reloads_as_the_same_head(base_dir, tmp_path, tiny_tokenizer):
+    model = models.load_model(str(base_dir), labels=["neg", "pos"], pooling="mean")
+    models.save_model(model, tiny_tokenizer, tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["classifier_pooling"] == "mean"
+    again = models.load_model(str(tmp_path / "saved"))  # pooling=None: what the config says
+    assert type(again) is type(model)
+    np.testing.assert_allclose(_logits(again, _inputs(8)), _logits(model, _inputs(8)), atol=1e-6)
+    with pytest.raises(models.LabelMismatchError, match="'mean' pooling head"):
+        models.load_model(str(tmp_path / "saved"), pooling="cls")
+
+
+def test_default_pooling_is_the_architecture_cls_head(base_dir):
+    model = models.load_model(str(base_dir), labels=["neg", "pos"])
+    assert type(model).__name__ == "TFBertForSequenceClassification"
+    assert heads.pooling_of(model.config) == "cls"
+
+
+def test_mean_pooling_is_refused_where_it_does_not_apply(base_dir, tmp_path):
+    with pytest.raises(ValueError, match="token tasks"):
+        models.load_model(str(base_dir), task="token", labels=["O", "B-PER"], pooling="mean")
+    with pytest.raises(ValueError, match="pooling='max'"):
+        models.load_model(str(base_dir), labels=["neg", "pos"], pooling="max")
+    roberta = write_pytorch_dir(build_tiny_model("sequence", "roberta"), tmp_path / "roberta", drop_head=True)
+    with pytest.raises(ValueError, match="'roberta'"):
+        models.load_model(str(roberta), labels=["neg", "pos"], pooling="mean")
+
+
+def test_mean_head_trains_prunes_and_makes_students(base_dir):
+    from tfcompress._compat import keras, tf
+
+    model = models.load_model(str(base_dir), labels=["neg", "pos"], pooling="mean")
+    optimizer = keras.optimizers.Adam(1e-2)
+    labels = np.array([1, 0])
+    losses = []
+    for _ in range(20):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                labels, model(_inputs(6), training=True).logits, from_logits=True))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        assert all(g is not None for g in gradients), "a weight of the mean head gets no gradient"
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+
+    prune.apply(model, prune.PruneConfig(final_sparsity=0.5), total_steps=10)
+    assert len(prune.pruned_layers(model)) == 12  # 6 Dense kernels x 2 blocks; no pooler to select
+    stripped = prune.strip(model)
+    student = make_student(stripped, num_layers=1)
+    assert type(student) is type(model) and student.config.num_hidden_layers == 1
+
+
+def test_mean_head_tflite_matches_keras(base_dir, tmp_path):
+    model = models.load_model(str(base_dir), labels=["neg", "pos"], pooling="mean")
+    path = tmp_path / "fp32.tflite"
+    export.to_tflite(model, "fp32", seq_length=16, output_path=path)
+    artifact = runtime.TFLiteModel(path)
+    inputs = _inputs(6)
+    inputs["token_type_ids"] = np.zeros_like(inputs["input_ids"])
+    np.testing.assert_allclose(artifact.predict(inputs), _logits(model, inputs), atol=1e-5)
