@@ -131,6 +131,7 @@ def test_config_change_changes_only_that_stage_and_the_ones_after():
     (["--student-layers", "3"], ["finetune", "distill", "prune", "export", "evaluate", "release"]),
     (["--distill-from", "teacher"], ["distill", "prune", "export", "evaluate", "release"]),
     (["--qat-epochs", "1"], ["finetune", "prune", "qat", "export", "evaluate", "release"]),
+    (["--trim-vocab", "--qat-epochs", "1"], ["finetune", "prune", "trim", "qat", "export", "evaluate", "release"]),
     (["--stages", "export,evaluate"], ["export", "evaluate"]),
 ])
 def test_recipe_flags_choose_the_stage_chain(flags, expected):
@@ -257,7 +258,8 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, stage_log,
 def test_every_declared_stage_is_registered():
     from tfcompress import pipeline
 
-    assert set(pipeline.STAGES) == {"finetune", "distill", "prune", "qat", "export", "evaluate", "release"}
+    assert set(pipeline.STAGES) == {"finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "release"}
+    assert set(pipeline.STAGES) == set(pipeline.STAGE_ORDER)
 
 
 def test_qat_stage_runs_in_the_chain_and_exports_an_int8_artifact_that_keeps_sparsity(tiny_run, monkeypatch):
@@ -331,3 +333,30 @@ def test_prune_with_the_dense_model_as_teacher(tiny_run, monkeypatch):
     logged = [json.loads(line) for line in (out / "prune" / "metrics.jsonl").read_text().splitlines()]
     kd = [row["train/distill/kd_loss"] for row in logged if "train/distill/kd_loss" in row]
     assert kd and all(np.isfinite(kd)), "the KD term was not trained"
+
+
+def test_trim_stage_shrinks_the_vocabulary_and_later_stages_use_its_tokenizer(tiny_run, monkeypatch):
+    """--trim-vocab: the trim stage keeps the training tokens, the test metric is unchanged (every
+    test sentence here uses training words only), and export/release use the trimmed tokenizer."""
+    from tfcompress import models, runtime
+
+    command, out = tiny_run
+    _in_process(command + ["--trim-vocab", "--export", "fp32"], monkeypatch)
+    report = json.loads((out / "report.json").read_text())
+    assert [stage["name"] for stage in report["stages"]] == ["finetune", "prune", "trim", "export", "evaluate",
+                                                             "release"]
+    trim = report["stages"][2]
+    assert trim["vocab_size"]["after"] < trim["vocab_size"]["before"]
+    assert trim["params"] < trim["input_params"]
+    assert trim["test_respelled"]["changed_texts"] == 0
+    assert trim["metrics"]["accuracy"] == pytest.approx(trim["input_metrics"]["accuracy"])
+    tokenizer = models.load_tokenizer(str(out / "trim" / "model"))
+    assert len(tokenizer) == trim["vocab_size"]["after"]
+    bundle = out / "release" / "fp32"
+    assert len((bundle / "vocab.txt").read_text().splitlines()) == trim["vocab_size"]["after"]
+    artifact = runtime.TFLiteModel(bundle / "model.tflite")
+    keras_model = models.load_model(str(out / "trim" / "model"))
+    batch = tokenizer(["a good movie"], padding="max_length", max_length=artifact.seq_length, return_tensors="np")
+    features = {name: batch[name].astype(np.int32) for name in artifact.input_names}
+    np.testing.assert_allclose(artifact.predict(features), keras_model(features, training=False).logits.numpy(),
+                               atol=1e-4)

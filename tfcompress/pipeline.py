@@ -1,4 +1,4 @@
-"""Stage chaining for recipes: finetune -> (distill) -> prune -> (qat) -> export -> evaluate -> release.
+"""Stage chaining for recipes: finetune -> (distill) -> prune -> (trim) -> (qat) -> export -> evaluate -> release.
 
 Each stage reads the *current model* (the model directory the previous model-producing stage saved,
 or ``RecipeConfig.model`` for the first stage), does one job and records it in ``report.json``.
@@ -48,8 +48,8 @@ log = get_logger("pipeline")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPORT_MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8")
-MODEL_STAGES = ("finetune", "distill", "prune", "qat")  # stages that save a model for the next one
-STAGE_ORDER = ("finetune", "distill", "prune", "qat", "export", "evaluate", "release")
+MODEL_STAGES = ("finetune", "distill", "prune", "trim", "qat")  # stages that save a model for the next one
+STAGE_ORDER = ("finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "release")
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -100,6 +100,23 @@ class StudentConfig:
     def validate(self) -> None:
         if not isinstance(self.num_layers, int) or self.num_layers < 1:
             raise ValueError(f"student.num_layers={self.num_layers!r}: must be an integer >= 1")
+
+
+@dataclass
+class TrimStageConfig:
+    """Vocabulary trimming (stage ``trim``, :mod:`tfcompress.vocab`): keep the word-embedding rows of
+    the tokens the training split uses, the special tokens and every single character.
+
+    Args:
+        keep_first: also keep the first N ids of the original vocabulary (BERT's vocab.txt lists whole
+            words roughly by frequency; [unusedN] placeholders are never kept). 0 = training tokens only.
+    """
+
+    keep_first: int = 0
+
+    def validate(self) -> None:
+        if not isinstance(self.keep_first, int) or self.keep_first < 0:
+            raise ValueError(f"trim.keep_first={self.keep_first!r}: must be an integer >= 0")
 
 
 @dataclass
@@ -222,6 +239,7 @@ class RecipeConfig:
             input model (the dense fine-tuned one) is loaded a second time as a frozen teacher and
             the pruned model learns ``alpha * CE + (1 - alpha) * T^2 * KL`` through the Distiller
             (teacher outputs cached once with ``cache_teacher``). ``alpha = 1`` (default): plain CE.
+        trim: vocabulary trimming of the ``trim`` stage (:class:`TrimStageConfig`).
         qat_train: training of the ``qat`` stage.
         export / evaluate / release: see their classes.
         stages: the stages to run, in order.
@@ -240,6 +258,7 @@ class RecipeConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     prune_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, restore_best=False))
     prune_distill: DistillConfig = field(default_factory=lambda: DistillConfig(alpha=1.0, cache_teacher=True))
+    trim: TrimStageConfig = field(default_factory=TrimStageConfig)
     qat_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=2e-5,
                                                                        restore_best=False))
     export: ExportStageConfig = field(default_factory=ExportStageConfig)
@@ -267,7 +286,8 @@ class RecipeConfig:
             raise ValueError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGES)}")
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages={self.stages!r}: a stage appears twice")
-        for section in ("data", "student", "distill", "prune", "prune_distill", "export", "evaluate", "release"):
+        for section in ("data", "student", "distill", "prune", "prune_distill", "trim", "export", "evaluate",
+                        "release"):
             getattr(self, section).validate()
         for section in ("train", "distill_train", "prune_train", "qat_train"):
             try:
@@ -318,6 +338,7 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
         "finetune": ("train",),
         "distill": ("student", "distill", "distill_train"),
         "prune": ("prune", "prune_train", "prune_distill"),
+        "trim": ("trim",),
         "qat": ("qat_train",),
         "export": ("export",),
         "evaluate": ("evaluate",),
@@ -344,10 +365,20 @@ class Context:
 
     # data -------------------------------------------------------------------------------
     def tokenizer(self):
-        if "tokenizer" not in self._cache:
-            from tfcompress import models
+        """The current model's tokenizer (saved beside it by every stage; a ``trim`` stage changes it),
+        else the starting model's. Encoded data is cached per vocabulary."""
+        from tfcompress import models
 
-            self._cache["tokenizer"] = models.load_tokenizer(self.config.model)
+        current = Path(self.current_model)
+        source = str(current) if any((current / name).is_file() for name in ("vocab.txt", "tokenizer.json")) \
+            else self.config.model
+        if self._cache.get("tokenizer_source") != source:
+            tokenizer, previous = models.load_tokenizer(source), self._cache.get("tokenizer")
+            if previous is None or previous.get_vocab() != tokenizer.get_vocab():
+                for key in [k for k in self._cache if k.startswith("encoded/")]:
+                    del self._cache[key]
+                self._cache["tokenizer"] = tokenizer
+            self._cache["tokenizer_source"] = source
         return self._cache["tokenizer"]
 
     def examples(self, split: str):
@@ -726,6 +757,43 @@ def prune_stage(context: Context) -> dict:
     return record
 
 
+@stage("trim")
+def trim_stage(context: Context) -> dict:
+    """Trim the vocabulary to the tokens the training split uses (:mod:`tfcompress.vocab`); the saved
+    model directory holds the trimmed tokenizer, which every later stage (and the release) uses."""
+    from tfcompress import models, vocab
+
+    config = context.config
+    stage_dir = context.stage_dir("trim")
+    input_model = context.current_model
+    started = time.time()
+    model, tokenizer = context.load_model(), context.tokenizer()
+    input_metrics = _input_metrics(context, model)
+    examples = context.examples("train")
+    texts = examples.texts if config.task == "sequence" else examples.words
+    keep = vocab.keep_ids(tokenizer, texts, keep_first=config.trim.keep_first)
+    small, small_tokenizer = vocab.trim(model, tokenizer, keep)
+    models.save_model(small, small_tokenizer, stage_dir / "model")
+    test = context.examples("test")
+    respelled = vocab.respelled(tokenizer, small_tokenizer, test.texts if config.task == "sequence" else test.words)
+    context.current_model = str(stage_dir / "model")  # the test split is encoded with the trimmed tokenizer
+    _, test_metrics = _test_logits_and_metrics(context, small)
+    facts = _model_facts(small, stage_dir / "model")
+    report = context.report()
+    record = report.set_stage(
+        "trim", metrics=_scalars(test_metrics), seconds=time.time() - started, output="trim/",
+        model_dir="trim/model", input_model=input_model, input_metrics=input_metrics,
+        vocab_size={"before": len(tokenizer), "after": len(small_tokenizer)},
+        input_params=models.count_params(model), test_respelled=respelled,
+        trim_config=dataclasses.asdict(config.trim), per_class=_per_class(test_metrics), **facts)
+    report.save()
+    log.info("trim: vocabulary %d -> %d tokens, %s -> %s parameters, %s=%.4f%s; %d of %d test texts respelled",
+             len(tokenizer), len(small_tokenizer), f"{models.count_params(model):,}", f"{facts['params']:,}",
+             _primary(context), test_metrics[_primary(context)], _delta_text(context, record["metrics"], input_metrics),
+             respelled["changed_texts"], respelled["texts"])
+    return record
+
+
 def _apply_qat(model, calibration=None):
     """Wrap the encoder Dense layers with TFMOT QAT wrappers; ``calibration`` (train data) sets the
     starting activation ranges (TFMOT's default -6/+6 would take thousands of steps to reach MiniLM's
@@ -1090,6 +1158,17 @@ def add_prune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig)
                             "prune_distill.temperature=T) (default: %(default)s = no teacher)")
 
 
+def add_trim_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
+    group = parser.add_argument_group("vocabulary trimming (stage 'trim'; more: --set trim.FIELD)")
+    group.add_argument("--trim-vocab", action="store_true", default=None,
+                       help="add the trim stage before QAT/export: keep only the word-embedding rows of the tokens "
+                            "the training split uses (plus specials and single characters); the release "
+                            "bundle's vocab.txt shrinks with it")
+    group.add_argument("--trim-keep-first", type=int, default=defaults.trim.keep_first,
+                       help="also keep the first N ids of the original vocabulary (roughly the most frequent "
+                            "words in BERT vocabularies) (default: %(default)s)")
+
+
 def add_qat_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
     group = parser.add_argument_group("quantization-aware training (stage 'qat'; more: --set qat_train.FIELD)")
     group.add_argument("--qat-epochs", type=float, default=None,
@@ -1140,6 +1219,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig
     add_finetune_arguments(parser, defaults)
     add_distill_arguments(parser, defaults)
     add_prune_arguments(parser, defaults)
+    add_trim_arguments(parser, defaults)
     add_qat_arguments(parser, defaults)
     add_export_arguments(parser, defaults)
     add_evaluate_arguments(parser, defaults)
@@ -1155,6 +1235,9 @@ def chain_stages(args: argparse.Namespace, defaults: RecipeConfig) -> list[str]:
             stages.insert(stages.index("finetune") + 1 if "finetune" in stages else 0, "distill")
         if getattr(args, "distill_from", None) and "finetune" in stages:
             stages.remove("finetune")  # the teacher is fine-tuned already
+    if getattr(args, "trim_vocab", False) and "trim" not in stages:
+        before = [i for i, s in enumerate(stages) if s in ("qat", "export", "evaluate", "release")]
+        stages.insert(before[0] if before else len(stages), "trim")
     if (getattr(args, "qat_epochs", None) or 0) > 0 and "qat" not in stages:
         before = [i for i, s in enumerate(stages) if s in ("export", "evaluate", "release")]
         stages.insert(before[0] if before else len(stages), "qat")
@@ -1209,6 +1292,8 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         config.prune_train.epochs = args.prune_epochs
     if has("prune_distill_alpha"):
         config.prune_distill.alpha = args.prune_distill_alpha
+    if has("trim_keep_first"):
+        config.trim.keep_first = args.trim_keep_first
     if has("qat_epochs") and args.qat_epochs > 0:
         config.qat_train.epochs = args.qat_epochs
     if has("export"):
