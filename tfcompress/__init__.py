@@ -23,7 +23,7 @@ from tfcompress.models import (
     replace_layer,
     save_model,
 )
-from tfcompress import distill, export, prune, quantize, runtime  # noqa: F401  (technique modules)
+from tfcompress import distill, export, heads, prune, quantize, runtime, vocab  # noqa: F401  (technique modules)
 from tfcompress.distill import DistillConfig, Distiller, make_student
 from tfcompress.export import to_tflite
 from tfcompress.pipeline import DataConfig, RecipeConfig, run
@@ -37,7 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL", "DataConfig", "DistillConfig", "Distiller", "PruneConfig", "QATConfig", "TFLiteModel",
-    "distill", "export", "make_student", "prune", "quantize", "runtime", "to_tflite", "DataError", "EncodedData", "Hook", "ModelLoadError", "ModelNotFoundError",
+    "distill", "export", "heads", "make_student", "prune", "quantize", "runtime", "to_tflite", "vocab", "DataError", "EncodedData", "Hook", "ModelLoadError", "ModelNotFoundError",
     "RecipeConfig", "Report", "TrainConfig", "Trainer", "compute_metrics", "encode", "encoder_dense_layers",
     "evaluate", "find_layers", "load_model", "load_tokenizer", "primary_metric", "read_conll",
     "read_text_classification", "replace_layer", "run", "save_model", "versions",
