@@ -19,7 +19,7 @@ def _subparsers():
 
 def test_every_subcommand_is_there():
     assert set(_subparsers()) == set(cli.SUBCOMMANDS) == {
-        "finetune", "distill", "prune", "qat", "export", "evaluate", "bench", "run", "env"}
+        "finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "bench", "run", "env"}
 
 
 @pytest.mark.parametrize("command", cli.SUBCOMMANDS)
@@ -42,6 +42,7 @@ def test_recipe_flags_are_on_the_stage_commands(capsys):
         "distill": ["--distill-from", "--student-layers", "--temperature", "--alpha", "--hidden-loss-weight",
                     "--attention-loss-weight"],
         "prune": ["--prune-sparsity", "--prune-schedule", "--prune-structure", "--prune-embeddings"],
+        "trim": ["--trim-keep-first"],
         "qat": ["--qat-epochs"],
         "export": ["--export", "--seq-length"],
         "evaluate": ["--accuracy-budget", "--allow-regression", "--release"],

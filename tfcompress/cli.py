@@ -5,6 +5,7 @@
     tfcompress run sst2 --smoke                       # a recipe's whole stage chain (resumable)
     tfcompress finetune --train-file train.csv --output-dir runs/mine
     tfcompress prune    --train-file train.csv --output-dir runs/mine --prune-sparsity 0.8
+    tfcompress trim     --train-file train.csv --output-dir runs/mine
     tfcompress export   --train-file train.csv --output-dir runs/mine --export int8,dynamic
     tfcompress evaluate --train-file train.csv --test-file test.csv --output-dir runs/mine --release
     tfcompress bench runs/mine/export/int8.tflite --threads 1,2
@@ -115,6 +116,11 @@ STAGE_HELP = {
               "Prune the encoder Dense kernels (and the embeddings with --prune-embeddings) of the latest model "
               "in --output-dir (or --model) with TFMOT wrappers while fine-tuning, strip, save OUTPUT/prune/model "
               "and record per-layer sparsity and saved sizes."),
+    "trim": ("keep only the vocabulary the training data uses",
+             "Trim the word-embedding table of the latest model in --output-dir (or --model) to the tokens the "
+             "--train-file uses, plus special tokens and single characters (--trim-keep-first N keeps the first N "
+             "vocabulary ids too); saves OUTPUT/trim/model with the trimmed tokenizer and records the test metric "
+             "before and after."),
     "qat": ("quantization-aware training (TFMOT)",
             "Quantization-aware fine-tuning of the latest model in --output-dir (or --model) with TFMOT "
             "wrappers on the encoder Dense layers; saves OUTPUT/qat/model (stripped) and the wrapped weights "
@@ -151,6 +157,8 @@ def _stage_parser(subparsers, name: str) -> argparse.ArgumentParser:
         pipeline.add_distill_arguments(parser, defaults)
     if name == "prune":
         pipeline.add_prune_arguments(parser, defaults)
+    if name == "trim":
+        pipeline.add_trim_arguments(parser, defaults, chain=False)
     if name == "qat":
         pipeline.add_qat_arguments(parser, defaults)
     if name == "export":
@@ -253,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress Hugging Face TF encoders to TFLite: fine-tune, distil, prune, quantize, export, "
                     "evaluate against the Keras model, release for mobile apps.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in ("finetune", "distill", "prune", "qat", "export", "evaluate"):
+    for name in STAGE_HELP:
         _stage_parser(subparsers, name)
     _bench_parser(subparsers)
     _run_parser(subparsers)
@@ -261,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS = ("finetune", "distill", "prune", "qat", "export", "evaluate", "bench", "run", "env")
+SUBCOMMANDS = ("finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "bench", "run", "env")
 
 
 def main(argv=None) -> int:

@@ -1158,12 +1158,14 @@ def add_prune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig)
                             "prune_distill.temperature=T) (default: %(default)s = no teacher)")
 
 
-def add_trim_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
+def add_trim_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig, chain: bool = True) -> None:
+    """``chain``: also the ``--trim-vocab`` flag that adds the stage to a recipe's chain."""
     group = parser.add_argument_group("vocabulary trimming (stage 'trim'; more: --set trim.FIELD)")
-    group.add_argument("--trim-vocab", action="store_true", default=None,
-                       help="add the trim stage before QAT/export: keep only the word-embedding rows of the tokens "
-                            "the training split uses (plus specials and single characters); the release "
-                            "bundle's vocab.txt shrinks with it")
+    if chain:
+        group.add_argument("--trim-vocab", action="store_true", default=None,
+                           help="add the trim stage before QAT/export: keep only the word-embedding rows of the "
+                                "tokens the training split uses (plus specials and single characters); the release "
+                                "bundle's vocab.txt shrinks with it")
     group.add_argument("--trim-keep-first", type=int, default=defaults.trim.keep_first,
                        help="also keep the first N ids of the original vocabulary (roughly the most frequent "
                             "words in BERT vocabularies) (default: %(default)s)")
