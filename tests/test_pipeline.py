@@ -360,3 +360,22 @@ def test_trim_stage_shrinks_the_vocabulary_and_later_stages_use_its_tokenizer(ti
     features = {name: batch[name].astype(np.int32) for name in artifact.input_names}
     np.testing.assert_allclose(artifact.predict(features), keras_model(features, training=False).logits.numpy(),
                                atol=1e-4)
+
+
+def test_pooling_flag_gives_the_finetuned_model_a_mean_head_and_only_reruns_finetune_onward():
+    config = pipeline.RecipeConfig(stages=["finetune", "prune", "export"])
+    before = pipeline.stage_hashes(config)
+    config.pooling = "mean"
+    after = pipeline.stage_hashes(config)
+    assert all(before[name] != after[name] for name in before)
+    config.task = "token"
+    with pytest.raises(ValueError, match="pooling='mean'"):
+        config.validate()
+
+
+def test_finetune_with_mean_pooling_saves_a_mean_head(tiny_run, monkeypatch):
+    command, out = tiny_run
+    _in_process(command + ["--stages", "finetune", "--pooling", "mean"], monkeypatch)
+    saved = json.loads((out / "finetune" / "model" / "config.json").read_text())
+    assert saved["classifier_pooling"] == "mean"
+    assert saved["architectures"] == ["BertMeanPoolingForSequenceClassification"]
