@@ -352,6 +352,19 @@ def test_trim_stage_shrinks_the_vocabulary_and_later_stages_use_its_tokenizer(ti
     assert trim["metrics"]["accuracy"] == pytest.approx(trim["input_metrics"]["accuracy"])
     tokenizer = models.load_tokenizer(str(out / "trim" / "model"))
     assert len(tokenizer) == trim["vocab_size"]["after"]
+
+    # A context that encoded the test split with the full vocabulary re-encodes it once the current
+    # model is the trimmed one (the trim stage scores the trimmed model on trimmed ids).
+    config = json.loads((out / "config.json").read_text())
+    context = pipeline.Context(pipeline.RecipeConfig(
+        task="sequence", model=str(out / "prune" / "model"), data=pipeline.DataConfig(**config["data"])))
+    context.current_model = str(out / "prune" / "model")
+    full_ids = context.encoded("test").features["input_ids"]
+    context.current_model = str(out / "trim" / "model")
+    trimmed_ids = context.encoded("test").features["input_ids"]
+    expected = [tokenizer(text)["input_ids"] for text in context.examples("test").texts]
+    assert [list(row) for row in trimmed_ids] == expected
+    assert [list(row) for row in full_ids] != expected
     bundle = out / "release" / "fp32"
     assert len((bundle / "vocab.txt").read_text().splitlines()) == trim["vocab_size"]["after"]
     artifact = runtime.TFLiteModel(bundle / "model.tflite")

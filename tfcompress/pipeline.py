@@ -406,8 +406,9 @@ class Context:
 
         max_length = max_length or self.config.data.max_length
         key = f"encoded/{split}/{max_length}"
+        tokenizer = self.tokenizer()  # first: a new vocabulary (trim stage) drops the cached encodings
         if key not in self._cache:
-            encoded = data.encode(self.tokenizer(), self.examples(split), max_length=max_length)
+            encoded = data.encode(tokenizer, self.examples(split), max_length=max_length)
             if encoded.num_truncated:
                 log.info("%s: %d of %d examples truncated at max_length=%d", split, encoded.num_truncated,
                          len(encoded), max_length)
