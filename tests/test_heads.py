@@ -106,3 +106,31 @@ def test_mean_head_tflite_matches_keras(base_dir, tmp_path):
     inputs = _inputs(6)
     inputs["token_type_ids"] = np.zeros_like(inputs["input_ids"])
     np.testing.assert_allclose(artifact.predict(inputs), _logits(model, inputs), atol=1e-5)
+
+
+def _sentence_transformers_layout(folder, mode: str):
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": mode == "cls",
+         "pooling_mode_mean_tokens": mode == "mean", "pooling_mode_max_tokens": mode == "max"}))
+
+
+@pytest.mark.parametrize("mode, expected", [("mean", "mean"), ("cls", "cls"), ("max", "cls"), (None, "cls")])
+def test_auto_pooling_follows_the_sentence_transformers_checkpoint(base_dir, mode, expected):
+    if mode:
+        _sentence_transformers_layout(base_dir, mode)
+    assert heads.checkpoint_pooling(base_dir) == (None if mode in (None, "max") else mode)
+    assert models.resolve_pooling("auto", str(base_dir)) == expected
+    model = models.load_model(str(base_dir), labels=["neg", "pos"], pooling="auto")
+    assert heads.pooling_of(model.config) == expected
+    assert models.resolve_pooling("auto", str(base_dir), task="token") == "cls"
+
+
+def test_auto_pooling_keeps_cls_where_there_is_no_mean_head(tmp_path):
+    roberta = write_pytorch_dir(build_tiny_model("sequence", "roberta"), tmp_path / "roberta", drop_head=True)
+    _sentence_transformers_layout(roberta, "mean")
+    assert models.resolve_pooling("auto", str(roberta)) == "cls"
+    assert models.resolve_pooling("auto", str(tmp_path / "missing")) == "cls"

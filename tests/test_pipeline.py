@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import SST_ROWS, build_tiny_model
-from tfcompress import pipeline, report as report_module
+from tfcompress import models, pipeline, report as report_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ["finetune", "prune", "export", "evaluate", "release"]
@@ -375,15 +375,17 @@ def test_trim_stage_shrinks_the_vocabulary_and_later_stages_use_its_tokenizer(ti
                                atol=1e-4)
 
 
-def test_pooling_flag_gives_the_finetuned_model_a_mean_head_and_only_reruns_finetune_onward():
-    config = pipeline.RecipeConfig(stages=["finetune", "prune", "export"])
-    before = pipeline.stage_hashes(config)
+def test_pooling_is_in_the_finetune_hash_as_the_head_actually_built():
+    config = pipeline.RecipeConfig(stages=["finetune", "prune", "export"], pooling="cls")
+    cls_hashes = pipeline.stage_hashes(config)
     config.pooling = "mean"
-    after = pipeline.stage_hashes(config)
-    assert all(before[name] != after[name] for name in before)
-    config.task = "token"
+    mean_hashes = pipeline.stage_hashes(config)
+    assert all(cls_hashes[name] != mean_hashes[name] for name in cls_hashes)
+    config.pooling = "auto"  # the packaged MiniLM is a mean-pooling sentence-transformers checkpoint
+    expected = mean_hashes if models.packaged_model_path() else cls_hashes
+    assert pipeline.stage_hashes(config) == expected
     with pytest.raises(ValueError, match="pooling='mean'"):
-        config.validate()
+        pipeline.RecipeConfig(task="token", pooling="mean").validate()
 
 
 def test_finetune_with_mean_pooling_saves_a_mean_head(tiny_run, monkeypatch):

@@ -10,7 +10,11 @@ gives the same logits as one padded to a fixed length.
 
 The choice is recorded in the saved ``config.json`` as ``classifier_pooling`` (``"cls"``, the
 default, or ``"mean"``), so :func:`tfcompress.models.load_model` rebuilds the same head from a saved
-directory. A mean-pooling model has no pooler weights.
+directory. A mean-pooling model has no pooler weights. ``pooling="auto"`` (the recipes' default)
+picks the head a checkpoint was trained for: a sentence-transformers checkpoint declares its pooling
+in ``modules.json`` / ``1_Pooling/config.json`` (all-MiniLM-L6-v2: mean), anything else gets ``cls``.
+Measured on SST-2 (2 epochs, 872 test sentences, benchmarks/RESULTS.md): mean 0.8956 against 0.8922
+and 0.8945 for the [CLS] pooler: no worse, within run-to-run noise, and 147,840 fewer parameters.
 
 Supported: BERT-architecture encoders (BERT, MiniLM and the sentence-transformers models built on
 BERT). Other architectures keep their own [CLS] heads; asking them for ``"mean"`` is an error.
@@ -27,6 +31,7 @@ from tfcompress._compat import keras, tf
 
 POOLINGS = ("cls", "mean")
 CONFIG_FIELD = "classifier_pooling"
+MEAN_ARCHITECTURES = ("bert",)
 
 
 def masked_mean(hidden_states, attention_mask):
@@ -43,6 +48,40 @@ def masked_mean(hidden_states, attention_mask):
 def pooling_of(config) -> str:
     """The pooling a config asks for (``"cls"`` when it says nothing)."""
     return str(getattr(config, CONFIG_FIELD, None) or "cls")
+
+
+def checkpoint_pooling(directory) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with, from its ``modules.json`` and
+    the Pooling module's ``config.json`` (``"mean"`` or ``"cls"``); None when the directory is not a
+    sentence-transformers checkpoint or uses another pooling (max, weighted mean...)."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    try:
+        modules = json.loads((directory / "modules.json").read_text())
+        pooling = next(m for m in modules if str(m.get("type", "")).endswith("Pooling"))
+        settings = json.loads((directory / pooling.get("path", "") / "config.json").read_text())
+    except (OSError, ValueError, StopIteration, AttributeError, TypeError):
+        return None
+    modes = [name for name in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
+             if settings.get(f"pooling_mode_{name}")]
+    return {("mean_tokens",): "mean", ("cls_token",): "cls"}.get(tuple(modes))
+
+
+def resolve(pooling: str, config, directory, task: str = "sequence") -> str:
+    """``"auto"`` -> what the checkpoint was trained with: a saved ``classifier_pooling``, else a
+    sentence-transformers Pooling config (mean where the architecture has a mean head), else ``"cls"``.
+    Other values are returned as they are."""
+    if pooling != "auto":
+        return pooling
+    if task != "sequence":
+        return "cls"
+    saved = getattr(config, CONFIG_FIELD, None)
+    if saved:
+        return str(saved)
+    trained = checkpoint_pooling(directory)
+    return "mean" if trained == "mean" and config.model_type in MEAN_ARCHITECTURES else "cls"
 
 
 def _bert_mean_pooling_class():
@@ -113,7 +152,7 @@ def sequence_class(config, default_class):
         raise ValueError(f"{CONFIG_FIELD}={pooling!r}: expected one of {POOLINGS}")
     if pooling == "cls":
         return default_class
-    if config.model_type != "bert":
+    if config.model_type not in MEAN_ARCHITECTURES:
         raise ValueError(f"{CONFIG_FIELD}='mean' is implemented for BERT-architecture encoders (BERT, "
                          f"MiniLM); this model is {config.model_type!r}: use pooling='cls'")
     if "bert" not in _CLASSES:

@@ -217,9 +217,12 @@ def _apply_pooling(config, cls, task: str, pooling: str | None, fine_tuned_head:
     """Record ``pooling`` in the config and return the class that builds that head."""
     from tfcompress import heads
 
+    if pooling == "auto":
+        pooling = heads.resolve(pooling, config, directory, task)
+        logger.info("pooling='auto': %s head for %s", pooling, directory)
     if pooling is not None:
         if pooling not in heads.POOLINGS:
-            raise ValueError(f"pooling={pooling!r}: expected one of {heads.POOLINGS}")
+            raise ValueError(f"pooling={pooling!r}: expected one of {heads.POOLINGS} or 'auto'")
         if task != "sequence" and pooling != "cls":
             raise ValueError(f"pooling={pooling!r} is for sequence classification; token tasks "
                              "classify every token")
@@ -334,6 +337,23 @@ def _load_h5(cls, config, directory: Path):
     return model
 
 
+def resolve_pooling(pooling: str, name_or_path: str | None, task: str = "sequence") -> str:
+    """The concrete head (``"cls"``/``"mean"``) that ``load_model(name_or_path, task, pooling=pooling)``
+    builds for a base checkpoint; ``"cls"`` when the model cannot be found (loading will say why)."""
+    from transformers import AutoConfig
+
+    from tfcompress import heads
+
+    if pooling != "auto":
+        return pooling
+    try:
+        directory = Path(resolve_model_path(name_or_path))
+        config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+    except Exception:  # noqa: BLE001  (a hash must not fail where loading would explain)
+        return "cls"
+    return heads.resolve(pooling, config, directory, task)
+
+
 def load_model(name_or_path: str | None = None, task: str = "sequence", labels: list[str] | None = None,
                config_overrides: dict | None = None, pooling: str | None = None):
     """Load a TF encoder with a classification head for ``task``, built and ready to call.
@@ -349,8 +369,9 @@ def load_model(name_or_path: str | None = None, task: str = "sequence", labels: 
             unknown fields raise ``ValueError``.
         pooling (str | None): sequence head: ``"cls"`` (the architecture's own [CLS] pooler head) or
             ``"mean"`` (masked mean of the last hidden states, :mod:`tfcompress.heads`; BERT
-            architecture only). None keeps what the saved config says (``cls`` if nothing). A
-            fine-tuned head cannot be switched to the other pooling.
+            architecture only). None keeps what the saved config says (``cls`` if nothing);
+            ``"auto"`` also follows a sentence-transformers checkpoint's own Pooling config (mean
+            for the packaged MiniLM). A fine-tuned head cannot be switched to the other pooling.
 
     Returns:
         transformers.TFPreTrainedModel: called once on ``model.dummy_inputs``.
@@ -674,7 +695,7 @@ def word_embedding_ref(model) -> tuple[Any, str]:
 
 __all__ = [
     "DEFAULT_MODEL", "TASKS", "ModelNotFoundError", "ModelLoadError", "LabelMismatchError",
-    "resolve_model_path", "packaged_model_path", "load_model", "load_tokenizer", "save_model",
+    "resolve_model_path", "packaged_model_path", "resolve_pooling", "load_model", "load_tokenizer", "save_model",
     "model_input_names", "count_params", "LayerRef", "iter_layers", "find_layers",
     "encoder_dense_layers", "replace_layer", "word_embedding_ref", "ENCODER_BLOCK_PATTERN",
 ]

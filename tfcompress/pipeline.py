@@ -224,9 +224,11 @@ class RecipeConfig:
         task: ``"sequence"`` or ``"token"``.
         output_dir: the run folder.
         model: hub name or local directory of the starting model.
-        pooling: the sequence head the ``finetune`` stage gives the starting model: ``"cls"`` (the
-            architecture's [CLS] pooler) or ``"mean"`` (masked mean of the last hidden states; BERT
-            architecture; see :mod:`tfcompress.heads`). Later stages keep the head they are given.
+        pooling: the sequence head the ``finetune`` stage gives the starting model: ``"auto"`` (the
+            pooling the checkpoint was trained with: mean for sentence-transformers checkpoints such as
+            the packaged MiniLM, else cls), ``"cls"`` (the architecture's [CLS] pooler) or ``"mean"``
+            (masked mean of the last hidden states; BERT architecture; see :mod:`tfcompress.heads`).
+            Later stages keep the head they are given.
         data: a :class:`DataConfig`.
         train: the fine-tuning :class:`TrainConfig`.
         student: teacher and student size for the ``distill`` stage.
@@ -249,7 +251,7 @@ class RecipeConfig:
     task: str = "sequence"
     output_dir: str = "runs/custom"
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    pooling: str = "cls"
+    pooling: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -279,8 +281,9 @@ class RecipeConfig:
         """Check every section; ``ValueError`` names the field (``prune_train.epochs=0: ...``)."""
         if self.task not in ("sequence", "token"):
             raise ValueError(f"task={self.task!r}: must be 'sequence' or 'token'")
-        if self.pooling not in ("cls", "mean") or (self.task == "token" and self.pooling != "cls"):
-            raise ValueError(f"pooling={self.pooling!r}: 'cls' or 'mean' for sequence tasks, 'cls' for token tasks")
+        if self.pooling not in ("auto", "cls", "mean") or (self.task == "token" and self.pooling == "mean"):
+            raise ValueError(f"pooling={self.pooling!r}: 'auto', 'cls' or 'mean' for sequence tasks, 'auto' or "
+                             "'cls' for token tasks")
         unknown = [s for s in self.stages if s not in STAGES]
         if not self.stages or unknown:
             raise ValueError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGES)}")
@@ -346,8 +349,12 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
     }.get(name, ())
     for section in sections:
         base[section] = dataclasses.asdict(getattr(config, section))
-    if name == "finetune" and config.pooling != "cls":  # absent when default: older run folders keep their hash
-        base["pooling"] = config.pooling
+    if name == "finetune":
+        from tfcompress.models import resolve_pooling
+
+        pooling = resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
+        if pooling != "cls":  # absent for cls: run folders from before pooling existed keep their hash
+            base["pooling"] = pooling
     return base
 
 
@@ -1112,10 +1119,11 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConf
                        help="examples per step, every training stage (default: %(default)s)")
     group.add_argument("--learning-rate", type=float, default=defaults.train.learning_rate,
                        help="peak fine-tuning learning rate (default: %(default)s)")
-    group.add_argument("--pooling", choices=("cls", "mean"), default=defaults.pooling,
-                       help="sequence head of the fine-tuned model: the [CLS] pooler, or the masked mean of "
-                            "the last hidden states (BERT architecture; what sentence-transformers "
-                            "checkpoints were trained with) (default: %(default)s)")
+    group.add_argument("--pooling", choices=("auto", "cls", "mean"), default=defaults.pooling,
+                       help="sequence head of the fine-tuned model: the [CLS] pooler, the masked mean of the last "
+                            "hidden states (BERT architecture), or auto = what the checkpoint was trained with "
+                            "(a sentence-transformers Pooling config, e.g. mean for the packaged MiniLM; else "
+                            "cls) (default: %(default)s)")
 
 
 def add_distill_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
