@@ -134,3 +134,21 @@ def test_auto_pooling_keeps_cls_where_there_is_no_mean_head(tmp_path):
     _sentence_transformers_layout(roberta, "mean")
     assert models.resolve_pooling("auto", str(roberta)) == "cls"
     assert models.resolve_pooling("auto", str(tmp_path / "missing")) == "cls"
+
+
+def test_int8_mean_head_quantizes_a_mean_not_a_sum(base_dir, tmp_path):
+    """Full-integer export: the int8 SUM that pools the tokens feeds the classifier directly (it sums
+    vectors pre-scaled by 1/count, so its int8 range is a mean's), with no int8 DIV after a long sum."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = models.load_model(str(base_dir), labels=["neg", "pos"], pooling="mean")
+    rng = np.random.default_rng(0)
+    rows = [{"input_ids": rng.integers(5, 60, size=(1, 16)).astype(np.int32),
+             "attention_mask": np.ones((1, 16), np.int32), "token_type_ids": np.zeros((1, 16), np.int32)}
+            for _ in range(16)]
+    path = tmp_path / "int8.tflite"
+    export.to_tflite(model, "int8", seq_length=16, representative=rows, output_path=path)
+    ops = Interpreter(model_path=str(path))._get_ops_details()  # noqa: SLF001
+    pooled = [op for op in ops if op["op_name"] == "SUM"][-1]
+    classifier = ops[-1] if ops[-1]["op_name"] == "FULLY_CONNECTED" else ops[-2]
+    assert classifier["op_name"] == "FULLY_CONNECTED" and pooled["outputs"][0] == classifier["inputs"][0]
