@@ -448,9 +448,59 @@ def select_float_nodes(rows: list[dict], threshold: float = 1.0, max_nodes: int 
     return chosen[:max_nodes] if max_nodes is not None else chosen
 
 
+def selective_int8(model, seq_length: int, representative, score: Callable[[bytes], float], reference: float,
+                   budget: float, denylisted_ops: Iterable[str] = (), thresholds: Sequence[float] = (8.0, 4.0, 2.0, 1.0),
+                   num_calibration: int = 200, num_debug: int = 50, io_type: str = "float",
+                   output_path=None) -> tuple[bytes, dict]:
+    """An ``int8`` artifact with the fewest float tensors that keeps the metric within ``budget``.
+
+    TFLite's ``QuantizationDebugger`` measures every tensor's quantization error
+    (:func:`layer_errors`); the artifact is converted with no extra float tensor first, then with the
+    tensors above each error ``threshold`` (in quantization steps, worst first) kept in float, until
+    ``reference - score(artifact) <= budget``. ``score`` should read a held-out slice (the eval split),
+    not the test set the parity gate uses afterwards.
+
+    Args:
+        model, seq_length, representative, num_calibration, io_type: as for :func:`to_tflite`.
+        score: flatbuffer bytes -> metric (same scale as ``reference``, e.g. accuracy in [0, 1]).
+        reference: the Keras model's metric on the same examples.
+        budget: allowed drop, in the metric's units (0.005 = half a point of accuracy).
+        denylisted_ops: op types kept in float in every trial (``ExportStageConfig.int8_float_ops``).
+        thresholds: decreasing error thresholds to try; the last trial is used if none meets the budget.
+        num_debug: examples the debugger runs.
+
+    Returns:
+        (bytes, record): ``record`` holds ``float_nodes`` (tensor names kept in float), the
+        ``threshold`` used, ``met`` and every trial's metric, and the ten worst tensors by error.
+    """
+    rows = layer_errors(model, seq_length, representative, num_calibration=num_calibration, num_debug=num_debug)
+    trials, content, nodes = [], b"", []
+    for threshold in (None, *thresholds):
+        candidate = [] if threshold is None else select_float_nodes(rows, threshold)
+        if trials and candidate == nodes:
+            continue
+        nodes = candidate
+        content = to_tflite(model, "int8", seq_length=seq_length, representative=representative,
+                            num_calibration=num_calibration, io_type=io_type, denylisted_ops=denylisted_ops,
+                            denylisted_nodes=nodes)
+        value = float(score(content))
+        trials.append({"threshold": threshold, "float_nodes": len(nodes), "metric": value})
+        log.info("selective int8: %d float tensors (error > %s steps): metric %.4f vs Keras %.4f", len(nodes),
+                 threshold, value, reference)
+        if reference - value <= budget:
+            break
+    if output_path is not None:
+        atomic_write_bytes(output_path, content)
+    worst = [{"tensor": row["tensor"], "op": row["op"], "rmse_over_scale": round(row["rmse_over_scale"], 3)}
+             for row in rows[:10]]
+    record = {"float_nodes": nodes, "threshold": trials[-1]["threshold"], "met": reference - trials[-1]["metric"] <= budget,
+              "reference": reference, "budget": budget, "trials": trials, "worst_tensors": worst}
+    return content, record
+
+
 __all__ = [
     "MODES", "ExportConfig", "FlexOpsError", "to_tflite", "serving_function", "representative_features",
-    "fit_length", "check_builtin_only", "layer_errors", "select_float_nodes",
+    "fit_length", "check_builtin_only", "layer_errors", "select_float_nodes", "selective_int8",
     "DEFAULT_ATTENTION_MASK_FLOOR", "LAYER_NORM_OPS",
 ]
 

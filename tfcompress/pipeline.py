@@ -137,6 +137,13 @@ class ExportStageConfig:
             in float kept 0.8956 (Keras 0.8945) at 3.5x the stock dynamic-range latency; also keeping
             BATCH_MATMUL float gave 0.8968 at 2.4x (LiteRT's CPU int8 BATCH_MATMUL is slow next to
             XNNPACK's float one). ``[]`` gives a full-integer artifact (for NPUs), at an accuracy cost.
+        int8_select_budget: selective quantization of the ``int8`` artifact, in points of the primary
+            metric (0 = off). When > 0, TFLite's QuantizationDebugger ranks every tensor by its int8
+            error and the worst ones are kept in float (beyond ``int8_float_ops``), fewest first,
+            until the artifact is within this many points of the Keras model on the first
+            ``int8_select_examples`` examples of the eval split (the test split stays for the gate).
+            The export record lists the float tensors, the trials and why.
+        int8_select_examples: eval examples scored per selection trial.
     """
 
     # int16x8 is opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path, so evaluating it
@@ -148,6 +155,8 @@ class ExportStageConfig:
     io_type: str = "float"
     int8_float_ops: list[str] = field(default_factory=lambda: ["MEAN", "RSQRT", "ABS", "SQUARED_DIFFERENCE",
                                                                "SUB", "MUL", "ADD", "BATCH_MATMUL"])
+    int8_select_budget: float = 0.0
+    int8_select_examples: int = 1000
 
     def validate(self) -> None:
         unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
@@ -162,6 +171,10 @@ class ExportStageConfig:
             raise ValueError(f"export.num_calibration={self.num_calibration!r}: must be >= 1")
         if self.io_type not in ("float", "int8"):
             raise ValueError(f"export.io_type={self.io_type!r}: must be 'float' or 'int8'")
+        if not self.int8_select_budget >= 0:
+            raise ValueError(f"export.int8_select_budget={self.int8_select_budget!r}: must be >= 0 points (0 = off)")
+        if self.int8_select_examples < 1:
+            raise ValueError(f"export.int8_select_examples={self.int8_select_examples!r}: must be >= 1")
 
 
 @dataclass
@@ -873,6 +886,30 @@ def _export_seq_length(context: Context, train) -> tuple[int, str]:
                                  f"(capped at data.max_length={context.config.data.max_length})")
 
 
+def _selective_int8(context: Context, model, seq_length: int, train, path: Path) -> dict:
+    """``export.selective_int8`` scored on the first ``int8_select_examples`` eval examples."""
+    from tfcompress import export, metrics, runtime
+
+    cfg, primary = context.config.export, _primary(context)
+    evaluation = context.encoded("eval")
+    held_out = evaluation.select(list(range(min(cfg.int8_select_examples, len(evaluation)))))
+    batch_size = context.config.evaluate.batch_size
+
+    def metric_of(predict) -> float:  # both models see the artifact's fixed length
+        logits = metrics.predict_logits(predict, held_out, batch_size=batch_size, progress=False, pad_to=seq_length,
+                                        truncate=True)
+        return float(metrics.compute_metrics(context.config.task, logits, held_out.labels, held_out.label_names)[primary])
+
+    reference = metric_of(keras_predict_fn(model))
+    _, record = export.selective_int8(
+        model, seq_length, train, score=lambda content: metric_of(runtime.TFLiteModel(content, num_threads=2).predict),
+        reference=reference, budget=cfg.int8_select_budget / 100.0, denylisted_ops=cfg.int8_float_ops,
+        num_calibration=cfg.num_calibration, io_type=cfg.io_type, output_path=path)
+    record["examples"] = len(held_out)
+    atomic_write_json(path.with_suffix(".selection.json"), record)
+    return record
+
+
 @stage("export")
 def export_stage(context: Context) -> dict:
     """One TFLite artifact per ``export.modes`` from the current model; calibration from the train split.
@@ -908,9 +945,17 @@ def export_stage(context: Context) -> dict:
                           "quantization": quantization, "seq_length": seq_length, "sparsity": sparsity,
                           "convert_seconds": seconds, **runtime.sizes(path)})
 
+    selection = {}
     for mode in cfg.modes:
         path = stage_dir / f"{mode}.tflite"
         calibrated = mode in ("int8", "int16x8")
+        if mode == "int8" and cfg.int8_select_budget > 0:
+            finish(mode, mode, path, lambda path=path: selection.update(
+                _selective_int8(context, model, seq_length, train, path)))
+            if not selection and (stage_dir / "int8.selection.json").exists():  # finished before an interruption
+                selection.update(json.loads((stage_dir / "int8.selection.json").read_text()))
+            artifacts[-1]["selection"] = selection
+            continue
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: export.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
             num_calibration=cfg.num_calibration, io_type=cfg.io_type if mode == "int8" else "float",
