@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tfcompress._compat import tf
-from tfcompress import distill
+from tfcompress import distill, models
 from tfcompress.data import IGNORE_INDEX, EncodedData
 from tfcompress.distill import DistillConfig, Distiller, make_student
 
@@ -248,7 +248,7 @@ def _block_weights(model):
 
 
 def _non_block_weights(model):
-    return {distill._relative_name(w): w.numpy() for w in model.weights if "layer_._" not in w.name}
+    return {models.relative_weight_name(w): w.numpy() for w in model.weights if "layer_._" not in w.name}
 
 
 @pytest.mark.parametrize("model_type,task,kwargs,expected", [

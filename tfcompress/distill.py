@@ -63,6 +63,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tfcompress import models
 from tfcompress._compat import keras, tf
 from tfcompress.utils import get_logger
 
@@ -756,12 +757,6 @@ def hooks(distiller: Distiller) -> list:
 _BLOCK_NAME = re.compile(r"(?<=/)layer_\._(\d+)(?=/)")
 
 
-def _relative_name(variable) -> str:
-    # "tf_bert_for_sequence_classification_1/bert/encoder/layer_._0/..." -> "bert/encoder/layer_._0/..."
-    name = variable.name.split(":")[0]
-    return name.split("/", 1)[1] if "/" in name else name
-
-
 def make_student(teacher, num_layers: int | None = None, config_overrides: dict | None = None,
                  layer_indices: Sequence[int] | None = None):
     """Build a student of the teacher's architecture (same class, labels, vocabulary).
@@ -824,10 +819,10 @@ def make_student(teacher, num_layers: int | None = None, config_overrides: dict 
     config.num_hidden_layers = len(indices)
     student = type(teacher).from_config(config)
     _ensure_built(student)
-    teacher_by_name = {_relative_name(v): v for v in teacher.weights}
+    teacher_by_name = {models.relative_weight_name(v): v for v in teacher.weights}
     missing = []
     for variable in student.weights:
-        name = _relative_name(variable)
+        name = models.relative_weight_name(variable)
         teacher_name = _BLOCK_NAME.sub(lambda m: f"layer_._{indices[int(m.group(1))]}", name, count=1)
         source = teacher_by_name.get(teacher_name)
         if source is None or tuple(source.shape) != tuple(variable.shape):

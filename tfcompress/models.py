@@ -674,6 +674,13 @@ def replace_layer(ref: LayerRef, new_layer) -> None:
     ref.layer = new_layer
 
 
+def relative_weight_name(variable) -> str:
+    """A weight's name without its model's instance prefix and ``:0``, so two models of one class match:
+    ``"tf_bert_for_sequence_classification_1/bert/encoder/layer_._0/..."`` -> ``"bert/encoder/layer_._0/..."``."""
+    name = variable.name.split(":")[0]
+    return name.split("/", 1)[1] if "/" in name else name
+
+
 def word_embedding_ref(model) -> tuple[Any, str]:
     """The word-embedding layer and the name of its ``[vocab_size, dim]`` weight attribute.
 
@@ -697,7 +704,7 @@ __all__ = [
     "DEFAULT_MODEL", "TASKS", "ModelNotFoundError", "ModelLoadError", "LabelMismatchError",
     "resolve_model_path", "packaged_model_path", "resolve_pooling", "load_model", "load_tokenizer", "save_model",
     "model_input_names", "count_params", "LayerRef", "iter_layers", "find_layers",
-    "encoder_dense_layers", "replace_layer", "word_embedding_ref", "ENCODER_BLOCK_PATTERN",
+    "encoder_dense_layers", "replace_layer", "relative_weight_name", "word_embedding_ref", "ENCODER_BLOCK_PATTERN",
 ]
 
 

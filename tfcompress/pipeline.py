@@ -789,6 +789,7 @@ def trim_stage(context: Context) -> dict:
     input_model = context.current_model
     started = time.time()
     model, tokenizer = context.load_model(), context.tokenizer()
+    input_params = models.count_params(model)
     input_metrics = _input_metrics(context, model)
     examples = context.examples("train")
     texts = examples.texts if config.task == "sequence" else examples.words
@@ -805,11 +806,11 @@ def trim_stage(context: Context) -> dict:
         "trim", metrics=_scalars(test_metrics), seconds=time.time() - started, output="trim/",
         model_dir="trim/model", input_model=input_model, input_metrics=input_metrics,
         vocab_size={"before": len(tokenizer), "after": len(small_tokenizer)},
-        input_params=models.count_params(model), test_respelled=respelled,
+        input_params=input_params, test_respelled=respelled,
         trim_config=dataclasses.asdict(config.trim), per_class=_per_class(test_metrics), **facts)
     report.save()
     log.info("trim: vocabulary %d -> %d tokens, %s -> %s parameters, %s=%.4f%s; %d of %d test texts respelled",
-             len(tokenizer), len(small_tokenizer), f"{models.count_params(model):,}", f"{facts['params']:,}",
+             len(tokenizer), len(small_tokenizer), f"{input_params:,}", f"{facts['params']:,}",
              _primary(context), test_metrics[_primary(context)], _delta_text(context, record["metrics"], input_metrics),
              respelled["changed_texts"], respelled["texts"])
     return record

@@ -137,7 +137,8 @@ def trim(model, tokenizer, keep: Sequence[int]):
     keep = sorted(set(int(i) for i in keep))
     if not keep or keep[0] < 0 or keep[-1] >= len(tokens):
         raise ValueError(f"keep holds ids outside [0, {len(tokens)})")
-    missing = [t for t, i in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids) if i not in set(keep)]
+    kept_ids = set(keep)
+    missing = [t for t, i in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids) if i not in kept_ids]
     if missing:
         raise ValueError(f"keep drops the special tokens {missing}")
     layer, attr = models.word_embedding_ref(model)
@@ -153,25 +154,19 @@ def trim(model, tokenizer, keep: Sequence[int]):
     trimmed(trimmed.dummy_inputs, training=False)
     new_layer, new_attr = models.word_embedding_ref(trimmed)
     new_table = getattr(new_layer, new_attr)
-    old_by_name = {_relative(w): w for w in model.weights}
+    old_by_name = {models.relative_weight_name(w): w for w in model.weights}
     for weight in trimmed.weights:
         if weight is new_table:
             weight.assign(rows)
             continue
-        old = old_by_name.get(_relative(weight))
+        old = old_by_name.get(models.relative_weight_name(weight))
         if old is None or tuple(old.shape) != tuple(weight.shape):
-            raise ValueError(f"trim: no weight of the same shape for {_relative(weight)} in the original "
-                             "model (strip pruning/QAT wrappers first)")
+            raise ValueError(f"trim: no weight of the same shape for {models.relative_weight_name(weight)} in the "
+                             "original model (strip pruning/QAT wrappers first)")
         weight.assign(old)
     log.info("vocabulary trimmed from %d to %d tokens (%s -> %s parameters)", len(tokens), len(keep),
              f"{models.count_params(model):,}", f"{models.count_params(trimmed):,}")
     return trimmed, new_tokenizer
-
-
-def _relative(variable) -> str:
-    # "tf_bert_for_sequence_classification_3/bert/embeddings/..." -> "bert/embeddings/..."
-    name = variable.name.split(":")[0]
-    return name.split("/", 1)[1] if "/" in name else name
 
 
 def respelled(tokenizer, trimmed_tokenizer, texts: Iterable[str]) -> dict:
