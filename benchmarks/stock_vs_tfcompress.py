@@ -74,8 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--tfc-epochs", type=float, default=None,
                         help="tfcompress finetune epochs (the prune stage keeps the recipe's) (default: the "
                              "recipe's, so the default run is the recipe's default chain)")
-    parser.add_argument("--tfc-stages", default="finetune,prune,export,evaluate,release",
-                        help="tfcompress recipe stages (default: %(default)s)")
+    parser.add_argument("--tfc-stages", default=None,
+                        help="tfcompress recipe stages, comma-separated (default: the recipe's default chain; "
+                             "SST-2: finetune,distill,prune,trim,export,evaluate,release)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="extra recipe config override, as the recipes' --set (repeatable), e.g. "
                              "'export.int8_float_ops=' for a full-integer int8 artifact")
@@ -112,15 +113,17 @@ def recipe_config(task: str, args, output_dir, model, data_dir) -> pipeline.Reci
     recipe = importlib.import_module(f"recipes.{task}")
     parser = argparse.ArgumentParser()
     pipeline.add_recipe_arguments(parser, recipe.DEFAULTS)
-    argv = ["--output-dir", str(output_dir), "--stages", args.tfc_stages,
-            "--max-train-samples", str(args.max_train_samples),
+    argv = ["--output-dir", str(output_dir), "--max-train-samples", str(args.max_train_samples),
             "--set", f"evaluate.latency_runs={args.latency_runs}",
             "--set", f"evaluate.latency_warmup={args.latency_warmup}"]
+    argv += ["--stages", args.tfc_stages] if args.tfc_stages else []
     argv += ["--epochs", str(args.tfc_epochs)] if args.tfc_epochs is not None else []
     argv += ["--model", model] if model else []
     argv += ["--data-dir", str(data_dir)] if data_dir else []
     if args.smoke:  # two artifacts keep it short; --set export.modes=... overrides
         argv += ["--smoke", "--export", "dynamic,int8", "--set", f"data.max_eval_samples={args.max_test_samples}"]
+        if "distill" in recipe.DEFAULTS.stages:  # the tiny model has 2 blocks
+            argv += ["--student-layers", "1"]
     argv += ["--set", f"data.max_test_samples={args.max_test_samples}"] if args.max_test_samples else []
     for assignment in args.set:
         argv += ["--set", assignment]
@@ -217,7 +220,7 @@ def compare(task: str, stock: dict, report: dict, latency: dict | None = None) -
     rows = [{"row": "stock Keras fp32", **stock["keras"]}]
     rows += [{"row": name, **record} for name, record in stock["artifacts"].items()]
     rows += [{"row": f"tfcompress {name} (Keras)", **{k: stages[name].get(k) for k in ("metrics", "size_bytes", "gzip_bytes")}}
-             for name in ("finetune", "distill", "prune", "qat") if name in stages]
+             for name in ("finetune", "distill", "prune", "trim", "qat") if name in stages]
     rows += [{"row": f"tfcompress {a['name']}", "released": a["name"] in released, **a}
              for a in report["artifacts"] if not a.get("stock")]
     for row in rows:

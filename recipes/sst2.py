@@ -52,7 +52,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tfcompress.pipeline import DataConfig, RecipeConfig, recipe_main  # noqa: E402
+from tfcompress.distill import DistillConfig  # noqa: E402
+from tfcompress.pipeline import DataConfig, RecipeConfig, StudentConfig, TrimStageConfig, recipe_main  # noqa: E402
 from tfcompress.prune import PruneConfig  # noqa: E402
 from tfcompress.train import TrainConfig  # noqa: E402
 
@@ -67,16 +68,23 @@ DEFAULTS = RecipeConfig(
     train=TrainConfig(epochs=2, batch_size=32, learning_rate=1e-4, warmup_ratio=0.06, eval_every=950,
                       log_every=50, checkpoint_every=200),
     prune=PruneConfig(final_sparsity=0.5, schedule="polynomial"),
+    # Keep the tokens train.tsv uses plus the first 20,000 ids of the 30,522 (BERT lists whole words
+    # roughly by frequency): 22,269 rows instead of 30,522 for -0.34 pt on the student (K=0: -0.80 pt).
+    trim=TrimStageConfig(keep_first=20000),
     # Prune-and-fine-tune: half an epoch (948 steps, ~30k sentences: the measured 50 % runs used
     # 625-938 steps) so the default chain fits an hour on 2 cores; masks reach 50 % at 75 % of it,
     # the rest recovers. Evaluated once, at the end (restore_best off: a less sparse model must not win).
     prune_train=TrainConfig(epochs=0.5, batch_size=32, learning_rate=5e-5, warmup_ratio=0.0, eval_every=0,
                             log_every=50, checkpoint_every=200, restore_best=False),
+    # The shipped model is a 3-layer student (blocks 0, 2, 5 of the fine-tuned teacher) trained 2 epochs
+    # on the teacher's cached logits (KL at T=2, weight 0.5) and the labels.
+    student=StudentConfig(num_layers=3),
+    distill=DistillConfig(cache_teacher=True),
     distill_train=TrainConfig(epochs=2, batch_size=32, learning_rate=1e-4, eval_every=950, log_every=50,
                               checkpoint_every=200),
     qat_train=TrainConfig(epochs=1, batch_size=32, learning_rate=2e-5, warmup_ratio=0.0, log_every=50,
                           checkpoint_every=200, restore_best=False),
-    stages=["finetune", "prune", "export", "evaluate", "release"],
+    stages=["finetune", "distill", "prune", "trim", "export", "evaluate", "release"],
 )
 FILES = {"train": "train.tsv", "eval": "validation.tsv", "test": "test.tsv"}
 

@@ -43,14 +43,18 @@ def test_sst2_recipe_smoke_runs_every_default_stage_and_releases(tmp_path, tiny_
     out = tmp_path / "run"
     _run(["recipes/sst2.py", "--smoke", "--model", str(tiny_model_dir), "--data-dir", str(data_dir),
                  "--output-dir", str(out), "--batch-size", "4", "--export", "fp32,dynamic",
-                 "--set", "train.learning_rate=0.003"])
+                 "--student-layers", "1", "--set", "train.learning_rate=0.003"])
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "sst2" and report["metric"] == "accuracy"
-    assert [s["name"] for s in report["stages"]] == ["finetune", "prune", "export", "evaluate", "release"]
-    finetune = report["stages"][0]
+    assert [s["name"] for s in report["stages"]] == ["finetune", "distill", "prune", "trim", "export", "evaluate",
+                                                      "release"]
+    finetune, distill = report["stages"][0], report["stages"][1]
     assert 0.0 <= finetune["metrics"]["accuracy"] <= 1.0
+    assert distill["student_params"] < distill["teacher_params"] and distill["teacher_cache"]
     assert (out / "finetune" / "model" / "config.json").exists()
+    assert json.loads((out / "distill" / "model" / "config.json").read_text())["num_hidden_layers"] == 1
     assert (out / "prune" / "model" / "tf_model.h5").exists()
+    assert (out / "trim" / "model" / "vocab.txt").exists()
     assert {a["name"] for a in report["artifacts"]} == {"fp32", "dynamic"}
     assert report["stages"][-1]["released"] and (out / "release" / "fp32" / "manifest.json").exists()
     assert (out / "report.md").exists() and (out / "tradeoff.png").exists()
@@ -88,7 +92,8 @@ def test_recipe_docstring_states_command_time_and_results(name):
     doc = recipe["__doc__"]
     assert f"python recipes/{name}.py" in doc
     assert "Expected time on 2 CPU cores" in doc and "Expected results" in doc
-    assert recipe["DEFAULTS"].stages == ["finetune", "prune", "export", "evaluate", "release"]
+    chain = ["finetune", "distill", "prune", "trim"] if name == "sst2" else ["finetune", "prune"]
+    assert recipe["DEFAULTS"].stages == [*chain, "export", "evaluate", "release"]
 
 
 def test_bad_override_exits_with_code_2_and_names_the_field(tmp_path, capsys):

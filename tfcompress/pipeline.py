@@ -1180,7 +1180,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfi
                             "(default: the finetune stage's model when distillation is on)")
     group.add_argument("--student-layers", type=int, default=None,
                        help=f"transformer blocks of the student, copied from evenly spaced teacher blocks; "
-                            f"adds the distill stage (default when on: {defaults.student.num_layers})")
+                            f"adds the distill stage, 0 drops it (default: {defaults.student.num_layers}, "
+                            f"{'on' if 'distill' in defaults.stages else 'off'})")
     group.add_argument("--temperature", type=float, default=d.temperature,
                        help="softmax temperature of the KL term (default: %(default)s)")
     group.add_argument("--alpha", type=float, default=d.alpha,
@@ -1217,10 +1218,12 @@ def add_trim_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig, 
     """``chain``: also the ``--trim-vocab`` flag that adds the stage to a recipe's chain."""
     group = parser.add_argument_group("vocabulary trimming (stage 'trim'; more: --set trim.FIELD)")
     if chain:
-        group.add_argument("--trim-vocab", action="store_true", default=None,
-                           help="add the trim stage before QAT/export: keep only the word-embedding rows of the "
-                                "tokens the training split uses (plus specials and single characters); the release "
-                                "bundle's vocab.txt shrinks with it")
+        default = "on" if "trim" in defaults.stages else "off"
+        group.add_argument("--trim-vocab", action=argparse.BooleanOptionalAction, default=None,
+                           help="add (--no-trim-vocab: drop) the trim stage before QAT/export: keep only the "
+                                "word-embedding rows of the tokens the training split uses (plus specials and "
+                                "single characters); the release bundle's vocab.txt shrinks with it "
+                                f"(default: {default})")
     group.add_argument("--trim-keep-first", type=int, default=defaults.trim.keep_first,
                        help="also keep the first N ids of the original vocabulary (roughly the most frequent "
                             "words in BERT vocabularies) (default: %(default)s)")
@@ -1287,12 +1290,16 @@ def chain_stages(args: argparse.Namespace, defaults: RecipeConfig) -> list[str]:
     if getattr(args, "stages", None):
         return list(args.stages)
     stages = list(defaults.stages)
-    if getattr(args, "distill_from", None) or getattr(args, "student_layers", None) is not None:
+    if getattr(args, "student_layers", None) == 0:  # no student: the fine-tuned model goes on
+        stages = [s for s in stages if s != "distill"]
+    elif getattr(args, "distill_from", None) or getattr(args, "student_layers", None) is not None:
         if "distill" not in stages:
             stages.insert(stages.index("finetune") + 1 if "finetune" in stages else 0, "distill")
         if getattr(args, "distill_from", None) and "finetune" in stages:
             stages.remove("finetune")  # the teacher is fine-tuned already
-    if getattr(args, "trim_vocab", False) and "trim" not in stages:
+    if getattr(args, "trim_vocab", None) is False:
+        stages = [s for s in stages if s != "trim"]
+    elif getattr(args, "trim_vocab", None) and "trim" not in stages:
         before = [i for i, s in enumerate(stages) if s in ("qat", "export", "evaluate", "release")]
         stages.insert(before[0] if before else len(stages), "trim")
     if (getattr(args, "qat_epochs", None) or 0) > 0 and "qat" not in stages:
@@ -1330,7 +1337,9 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
     if has("distill_from"):
         config.student.teacher = args.distill_from
     if has("student_layers"):
-        config.student.num_layers = args.student_layers
+        if args.student_layers < 0:
+            raise ValueError(f"--student-layers {args.student_layers}: must be >= 1, or 0 for no student")
+        config.student.num_layers = args.student_layers or config.student.num_layers
     for flag, name in (("temperature", "temperature"), ("alpha", "alpha"),
                        ("hidden_loss_weight", "hidden_loss_weight"), ("attention_loss_weight", "attention_loss_weight")):
         if has(flag):
