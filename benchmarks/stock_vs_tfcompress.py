@@ -207,12 +207,48 @@ def _latency_inputs(context: pipeline.Context, stock_dir: Path, stock: dict, out
     return chosen
 
 
-def compare(task: str, stock: dict, report: dict, latency: dict | None = None) -> dict:
+def paired_difference(correct: np.ndarray, base_correct: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict:
+    """Accuracy of one artifact minus the stock dynamic one's, on the same test examples, in points.
+
+    ``correct`` / ``base_correct``: per-example booleans. A paired bootstrap over the examples gives the
+    95 % interval of the difference; ``only_this`` / ``only_base`` count the examples exactly one of the
+    two got right (the only ones that move the difference).
+    """
+    correct, base_correct = np.asarray(correct, bool), np.asarray(base_correct, bool)
+    if correct.shape != base_correct.shape or not correct.size:
+        raise ValueError(f"paired_difference: need equal, non-empty shapes, got {correct.shape} and {base_correct.shape}")
+    diff = correct.astype(np.float64) - base_correct.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1) * 100.0
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"delta_pt": float(diff.mean() * 100.0), "ci95_pt": [round(float(low), 3), round(float(high), 3)],
+            "only_this": int((correct & ~base_correct).sum()), "only_base": int((~correct & base_correct).sum()),
+            "examples": int(diff.size), "resamples": resamples}
+
+
+def paired_vs_stock(context: pipeline.Context, artifacts: dict[str, Path], lengths: dict[str, int]) -> dict:
+    """Per-example correctness of every artifact (classification), each paired with ``stock-dynamic``."""
+    from tfcompress.metrics import predict_logits
+
+    correct = {}
+    for name, path in artifacts.items():
+        test = context.encoded("test", lengths[name])
+        logits = predict_logits(runtime.TFLiteModel(path, num_threads=2).predict, test, pad_to=lengths[name],
+                                progress=False)
+        correct[name] = np.argmax(np.asarray(logits), axis=-1) == np.asarray(test.labels)
+    if "stock-dynamic" not in correct:
+        return {}
+    return {name: paired_difference(values, correct["stock-dynamic"])
+            for name, values in correct.items() if name != "stock-dynamic"}
+
+
+def compare(task: str, stock: dict, report: dict, latency: dict | None = None, paired: dict | None = None) -> dict:
     """Table rows, ratios against stock dynamic, and the verdicts.
 
     ``latency`` (row name -> ``latency_ms``, from :func:`same_run_latency`) replaces the latencies the
     pipeline's evaluate stage recorded (kept as ``pipeline_latency_ms``), so every ratio compares
-    numbers taken side by side.
+    numbers taken side by side. ``paired`` (row name -> :func:`paired_difference`, classification only)
+    adds the 95 % interval of each artifact's difference from stock dynamic.
     """
     metric = report["metric"]
     stages = {s["name"]: s for s in report["stages"]}
@@ -224,6 +260,8 @@ def compare(task: str, stock: dict, report: dict, latency: dict | None = None) -
     rows += [{"row": f"tfcompress {a['name']}", "released": a["name"] in released, **a}
              for a in report["artifacts"] if not a.get("stock")]
     for row in rows:
+        if paired and row["row"] in paired:
+            row["paired_vs_stock_dynamic"] = paired[row["row"]]
         if latency and row["row"] in latency:
             row["pipeline_latency_ms"] = row.get("latency_ms")
             row["latency_ms"] = latency[row["row"]]
@@ -264,18 +302,20 @@ def summary(task: str, result: dict) -> list[str]:
     lines = [f"### {task} ({metric}; tfcompress artifacts at seq {result['seq_length']}, stock at seq "
              f"{result['stock_seq_length']}; {result['test_examples']} test examples)",
              "", f"| row | {metric} | size MB | gzip MB | p50 ms 2 thr | Δ vs stock dynamic (pt) | gzip ratio | "
-             "latency ratio | released |", "|---|---|---|---|---|---|---|---|---|"]
+             "latency ratio | released | 95 % CI of Δ (pt) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         if "error" in row:
-            lines.append(f"| {row['row']} | failed: {row['error'][:80]} ||||||||")
+            lines.append(f"| {row['row']} | failed: {row['error'][:80]} |||||||||")
             continue
         mb = lambda key: _number(row[key] / 1e6 if row.get(key) else None, ".2f")  # noqa: E731
         released = {True: "yes", False: "no"}.get(row.get("released"), "-")
+        ci = (row.get("paired_vs_stock_dynamic") or {}).get("ci95_pt")
+        ci = f"{ci[0]:+.2f} .. {ci[1]:+.2f}" if ci else "-"
         lines.append(f"| {row['row']} | {_number(row['metric'], '.4f')} | {mb('size_bytes')} | {mb('gzip_bytes')} | "
                      f"{_number(row['p50_ms_2_threads'], '.2f')} | {_number(row.get('delta_vs_stock_dynamic_pt'), '+.2f')} | "
                      f"{_number(row.get('gzip_ratio_vs_stock_dynamic'), '.2f')} | "
                      f"{_number(row.get('latency_ratio_vs_stock_dynamic'), '.2f')} | "
-                     f"{released} |")
+                     f"{released} | {ci} |")
     sps, verdict = result["train_samples_per_second"], result["verdict"]
     lines += ["", f"Training samples/s: stock `model.fit` {sps['stock']:.1f}, tfcompress finetune "
                   f"{_number(sps['tfcompress_finetune'], '.1f')} (ratio **{_number(sps['ratio'], '.2f')}x**).",
@@ -314,9 +354,13 @@ def run_task(task: str, args, folder: Path) -> dict:
     context = pipeline.Context(config)  # one tokenisation of the splits for the stock path and the timing
     stock = stock_path(context, stock_seq_length, args.stock_epochs, stock_dir)
     stock["seconds"] = time.time() - started
-    latency = same_run_latency(_latency_inputs(context, stock_dir, stock, output_dir, report.data),
-                               runs=args.latency_runs, warmup=args.latency_warmup, rounds=args.latency_rounds)
-    result = compare(task, stock, report.data, latency)
+    timed = _latency_inputs(context, stock_dir, stock, output_dir, report.data)
+    latency = same_run_latency(timed, runs=args.latency_runs, warmup=args.latency_warmup, rounds=args.latency_rounds)
+    paired = None
+    if TASKS[task] == "sequence":  # per-example correctness; entity F1 has no per-example pairing
+        lengths = {name: int(example["input_ids"].shape[-1]) for name, (_, example) in timed.items()}
+        paired = paired_vs_stock(context, {name: path for name, (path, _) in timed.items()}, lengths)
+    result = compare(task, stock, report.data, latency, paired)
     test_examples = len(context.examples("test"))
     result.update({"seq_length": seq_length, "stock_seq_length": stock_seq_length, "test_examples": test_examples, "stock": stock,
                    "tfcompress": {"seconds": tfc_seconds, "config": config.to_dict(), "report": report.data}})

@@ -71,3 +71,30 @@ def test_stock_vs_tfcompress_smoke_compares_both_paths(task, tmp_path, results_m
     assert _positive(sps["stock"]) and _positive(sps["tfcompress_finetune"]) and _positive(sps["ratio"])
     assert isinstance(entry["verdict"]["released_dominates_stock_dynamic"], bool)
     assert isinstance(entry["verdict"]["full_integer_within_0_5pt_of_stock_dynamic"], bool)
+    if task == "sst2":  # classification: every artifact's difference from stock dynamic, paired per sentence
+        paired = rows["tfcompress dynamic"]["paired_vs_stock_dynamic"]
+        assert paired["examples"] == 32 and paired["ci95_pt"][0] <= paired["delta_pt"] <= paired["ci95_pt"][1]
+        assert paired["delta_pt"] == pytest.approx(rows["tfcompress dynamic"]["delta_vs_stock_dynamic_pt"])
+
+
+def test_paired_difference_counts_discordant_examples_and_brackets_the_difference():
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        module = importlib.import_module("stock_vs_tfcompress")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    base = np.array([True] * 80 + [False] * 20)
+    ours = base.copy()
+    ours[:3] = False  # three the stock artifact got right and we did not
+    ours[80:88] = True  # eight the other way
+    result = module.paired_difference(ours, base, resamples=500)
+    assert (result["only_this"], result["only_base"], result["examples"]) == (8, 3, 100)
+    assert result["delta_pt"] == pytest.approx(5.0)
+    low, high = result["ci95_pt"]
+    assert low < 5.0 < high and high - low < 15.0
+    same = module.paired_difference(base, base, resamples=100)
+    assert same["ci95_pt"] == [0.0, 0.0] and same["only_this"] == same["only_base"] == 0
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        module.paired_difference(ours[:10], base)

@@ -143,6 +143,38 @@ def test_recipe_flags_choose_the_stage_chain(flags, expected):
     assert pipeline.chain_stages(parser.parse_args(flags), defaults) == expected
 
 
+SHIPPING_CHAIN = ["finetune", "distill", "prune", "trim", "export", "evaluate", "release"]  # recipes/sst2.py
+
+
+@pytest.mark.parametrize("flags, expected, layers", [
+    ([], SHIPPING_CHAIN, 3),
+    (["--student-layers", "0"], ["finetune", "prune", "trim", "export", "evaluate", "release"], 3),
+    (["--no-trim-vocab"], ["finetune", "distill", "prune", "export", "evaluate", "release"], 3),
+    (["--student-layers", "0", "--no-trim-vocab"], CHAIN, 3),
+    (["--student-layers", "4"], SHIPPING_CHAIN, 4),
+    (["--distill-from", "teacher"], SHIPPING_CHAIN[1:], 3),
+])
+def test_flags_drop_stages_a_recipe_has_by_default(flags, expected, layers):
+    import argparse
+
+    defaults = pipeline.RecipeConfig(stages=list(SHIPPING_CHAIN), student=pipeline.StudentConfig(num_layers=3))
+    parser = argparse.ArgumentParser()
+    pipeline.add_recipe_arguments(parser, defaults)
+    args = parser.parse_args(["--output-dir", "out", *flags])
+    config = pipeline.config_from_args(args, defaults)
+    assert config.stages == expected and config.student.num_layers == layers
+
+
+def test_negative_student_layers_is_refused():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    pipeline.add_recipe_arguments(parser, pipeline.RecipeConfig())
+    with pytest.raises(ValueError, match="--student-layers -1"):
+        pipeline.config_from_args(parser.parse_args(["--output-dir", "o", "--student-layers", "-1"]),
+                                  pipeline.RecipeConfig())
+
+
 # ------------------------------------------------------------------------------ end to end
 @pytest.fixture
 def tiny_run(tmp_path, tiny_tokenizer):
