@@ -48,7 +48,8 @@ Other measured runs:
   training set never produced a token for, now spelled with shorter pieces); on the student -0.80 pt.
 * ``--alpha 1.0`` (student on labels only, no teacher): 0.8830 vs KD 0.8842 in the same pair of runs.
 
-Smoke mode, same code path on 256 training sentences (5.6 min measured on 2 cores, 2026-11-24)::
+Smoke mode, same code path on 256 training sentences (5.6 min measured on 2 cores on 2026-11-24 with
+the 5-stage chain; the distill and trim stages since added to the default are not in that time)::
 
     python recipes/sst2.py --smoke --output-dir runs/sst2-smoke
 
