@@ -12,8 +12,10 @@ tab-separated), ``.jsonl`` (one object per line). Labels may be any strings ("po
 numeric order) and evaluation files must use the same ones. ``--eval-file`` defaults to the training
 file, ``--test-file`` to the eval file (hold out data of your own for honest numbers).
 
-Stages (default): finetune -> prune -> export -> evaluate -> release, as in recipes/sst2.py; the same
-flags (``--student-layers``, ``--qat-epochs``, ``--export``, ``--accuracy-budget``, ``--set``...).
+Stages (default): finetune -> prune -> export -> evaluate -> release (recipes/sst2.py adds a 3-layer
+student and vocabulary trimming by default; here ``--student-layers 3`` and ``--trim-vocab`` add them);
+the same flags (``--student-layers``, ``--trim-vocab``, ``--qat-epochs``, ``--export``,
+``--accuracy-budget``, ``--set``...).
 The released bundle (``OUTPUT/release/<mode>/``) carries ``labels.txt`` with your label strings.
 
 Expected time on 2 CPU cores: grows with your data; about 0.34 s per training step of 32 examples at
