@@ -124,6 +124,8 @@ def recipe_config(task: str, args, output_dir, model, data_dir) -> pipeline.Reci
         argv += ["--smoke", "--export", "dynamic,int8", "--set", f"data.max_eval_samples={args.max_test_samples}"]
         if "distill" in recipe.DEFAULTS.stages:  # the tiny model has 2 blocks
             argv += ["--student-layers", "1"]
+        if "trim" in recipe.DEFAULTS.stages:  # the tiny vocabulary is below any keep_first: really trim it
+            argv += ["--trim-keep-first", "0"]
     argv += ["--set", f"data.max_test_samples={args.max_test_samples}"] if args.max_test_samples else []
     for assignment in args.set:
         argv += ["--set", assignment]
@@ -189,21 +191,23 @@ def same_run_latency(artifacts: dict[str, tuple[Path, dict]], runs: int, warmup:
             for name, per_thread in rounds_seen.items()}
 
 
-def _latency_inputs(context: pipeline.Context, stock_dir: Path, stock: dict, output_dir: Path,
-                    report: dict) -> dict[str, tuple[Path, dict]]:
-    """Every measurable artifact of both paths with one test example at its own length."""
+def _artifact_inputs(context: pipeline.Context, ours: pipeline.Context, stock_dir: Path, stock: dict,
+                     output_dir: Path, report: dict) -> dict[str, tuple[Path, object, int]]:
+    """Every measurable artifact of both paths: (path, the test split encoded for it, its length).
 
-    def example(length: int) -> dict:
-        return context.encoded("test", length).padded_batch(np.arange(1), pad_to=length)[0]
-
+    The stock artifacts read the starting model's token ids (``context``); ours read the ids of the
+    model they were exported from (``ours``: a trim stage renumbers the vocabulary).
+    """
     chosen = {}
     for name, record in stock["artifacts"].items():
         if "error" not in record:
-            chosen[name] = (stock_dir / f"{name}.tflite", example(int(record["seq_length"])))
+            length = int(record["seq_length"])
+            chosen[name] = (stock_dir / f"{name}.tflite", context.encoded("test", length), length)
     for record in report["artifacts"]:
         path = output_dir / record["path"]
         if not record.get("stock") and path.is_file():
-            chosen[f"tfcompress {record['name']}"] = (path, example(int(record["seq_length"])))
+            length = int(record["seq_length"])
+            chosen[f"tfcompress {record['name']}"] = (path, ours.encoded("test", length), length)
     return chosen
 
 
@@ -226,15 +230,14 @@ def paired_difference(correct: np.ndarray, base_correct: np.ndarray, resamples: 
             "examples": int(diff.size), "resamples": resamples}
 
 
-def paired_vs_stock(context: pipeline.Context, artifacts: dict[str, Path], lengths: dict[str, int]) -> dict:
-    """Per-example correctness of every artifact (classification), each paired with ``stock-dynamic``."""
+def paired_vs_stock(artifacts: dict[str, tuple[Path, object, int]]) -> dict:
+    """Per-example correctness of every artifact (classification; ``artifacts`` from
+    :func:`_artifact_inputs`), each paired with ``stock-dynamic``."""
     from tfcompress.metrics import predict_logits
 
     correct = {}
-    for name, path in artifacts.items():
-        test = context.encoded("test", lengths[name])
-        logits = predict_logits(runtime.TFLiteModel(path, num_threads=2).predict, test, pad_to=lengths[name],
-                                progress=False)
+    for name, (path, test, length) in artifacts.items():
+        logits = predict_logits(runtime.TFLiteModel(path, num_threads=2).predict, test, pad_to=length, progress=False)
         correct[name] = np.argmax(np.asarray(logits), axis=-1) == np.asarray(test.labels)
     if "stock-dynamic" not in correct:
         return {}
@@ -351,15 +354,17 @@ def run_task(task: str, args, folder: Path) -> dict:
     stock_dir = folder / f"stock-{task}"
     stock_dir.mkdir()
     started = time.time()
-    context = pipeline.Context(config)  # one tokenisation of the splits for the stock path and the timing
+    context = pipeline.Context(config)  # the starting model's tokenisation: the stock path's
     stock = stock_path(context, stock_seq_length, args.stock_epochs, stock_dir)
     stock["seconds"] = time.time() - started
-    timed = _latency_inputs(context, stock_dir, stock, output_dir, report.data)
-    latency = same_run_latency(timed, runs=args.latency_runs, warmup=args.latency_warmup, rounds=args.latency_rounds)
-    paired = None
-    if TASKS[task] == "sequence":  # per-example correctness; entity F1 has no per-example pairing
-        lengths = {name: int(example["input_ids"].shape[-1]) for name, (_, example) in timed.items()}
-        paired = paired_vs_stock(context, {name: path for name, (path, _) in timed.items()}, lengths)
+    ours = pipeline.Context(config)
+    ours.current_model = export_stage["source_model"]  # its tokenizer: a trim stage renumbers the ids
+    inputs = _artifact_inputs(context, ours, stock_dir, stock, output_dir, report.data)
+    latency = same_run_latency({name: (path, test.padded_batch(np.arange(1), pad_to=length)[0])
+                                for name, (path, test, length) in inputs.items()},
+                               runs=args.latency_runs, warmup=args.latency_warmup, rounds=args.latency_rounds)
+    # per-example correctness; entity F1 has no per-example pairing
+    paired = paired_vs_stock(inputs) if TASKS[task] == "sequence" else None
     result = compare(task, stock, report.data, latency, paired)
     test_examples = len(context.examples("test"))
     result.update({"seq_length": seq_length, "stock_seq_length": stock_seq_length, "test_examples": test_examples, "stock": stock,

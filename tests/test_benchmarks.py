@@ -16,13 +16,16 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _run(script: str, argv: list[str]) -> dict:
+def _module(script: str):
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        path = importlib.import_module(script).main(argv)
+        return importlib.import_module(script)
     finally:
         sys.path.remove(str(BENCHMARKS))
-    return json.loads(Path(path).read_text())
+
+
+def _run(script: str, argv: list[str]) -> dict:
+    return json.loads(Path(_module(script).main(argv)).read_text())
 
 
 def _positive(value) -> bool:
@@ -72,19 +75,18 @@ def test_stock_vs_tfcompress_smoke_compares_both_paths(task, tmp_path, results_m
     assert isinstance(entry["verdict"]["released_dominates_stock_dynamic"], bool)
     assert isinstance(entry["verdict"]["full_integer_within_0_5pt_of_stock_dynamic"], bool)
     if task == "sst2":  # classification: every artifact's difference from stock dynamic, paired per sentence
-        paired = rows["tfcompress dynamic"]["paired_vs_stock_dynamic"]
-        assert paired["examples"] == 32 and paired["ci95_pt"][0] <= paired["delta_pt"] <= paired["ci95_pt"][1]
-        assert paired["delta_pt"] == pytest.approx(rows["tfcompress dynamic"]["delta_vs_stock_dynamic_pt"])
+        trim = next(s for s in entry["tfcompress"]["report"]["stages"] if s["name"] == "trim")
+        assert trim["vocab_size"]["after"] < trim["vocab_size"]["before"]  # our artifacts read renumbered ids
+        for name in ("tfcompress dynamic", "tfcompress int8"):  # re-run here with each artifact's own tokenizer
+            paired = rows[name]["paired_vs_stock_dynamic"]
+            assert paired["examples"] == 32 and paired["ci95_pt"][0] <= paired["delta_pt"] <= paired["ci95_pt"][1]
+            assert paired["delta_pt"] == pytest.approx(rows[name]["delta_vs_stock_dynamic_pt"]), name
 
 
 def test_paired_difference_counts_discordant_examples_and_brackets_the_difference():
     import numpy as np
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        module = importlib.import_module("stock_vs_tfcompress")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    module = _module("stock_vs_tfcompress")
     base = np.array([True] * 80 + [False] * 20)
     ours = base.copy()
     ours[:3] = False  # three the stock artifact got right and we did not
@@ -98,3 +100,26 @@ def test_paired_difference_counts_discordant_examples_and_brackets_the_differenc
     assert same["ci95_pt"] == [0.0, 0.0] and same["only_this"] == same["only_base"] == 0
     with pytest.raises(ValueError, match="equal, non-empty"):
         module.paired_difference(ours[:10], base)
+
+
+def test_artifact_inputs_feed_ours_the_exported_models_token_ids(tmp_path):
+    """The stock artifacts read the starting model's ids, ours the ids of the model they were exported
+    from (a trim stage renumbers the vocabulary); failed or missing artifacts are left out."""
+
+    class Encodings:  # stands in for pipeline.Context: records whose tokenisation was asked for
+        def __init__(self, tokenizer):
+            self.tokenizer = tokenizer
+
+        def encoded(self, split, length):
+            return (self.tokenizer, split, length)
+
+    stock_dir, out = tmp_path / "stock", tmp_path / "out"
+    out.mkdir()
+    (out / "int8.tflite").write_bytes(b"")
+    stock = {"artifacts": {"stock-dynamic": {"seq_length": 64}, "stock-int8": {"error": "ConverterError"}}}
+    report = {"artifacts": [{"name": "int8", "path": "int8.tflite", "seq_length": 44},
+                            {"name": "fp16", "path": "fp16.tflite", "seq_length": 44}]}
+    inputs = _module("stock_vs_tfcompress")._artifact_inputs(Encodings("start"), Encodings("exported"), stock_dir,
+                                                             stock, out, report)
+    assert inputs == {"stock-dynamic": (stock_dir / "stock-dynamic.tflite", ("start", "test", 64), 64),
+                      "tfcompress int8": (out / "int8.tflite", ("exported", "test", 44), 44)}
