@@ -123,3 +123,30 @@ def test_artifact_inputs_feed_ours_the_exported_models_token_ids(tmp_path):
                                                              stock, out, report)
     assert inputs == {"stock-dynamic": (stock_dir / "stock-dynamic.tflite", ("start", "test", 64), 64),
                       "tfcompress int8": (out / "int8.tflite", ("exported", "test", 44), 44)}
+
+
+def test_finetune_sweep_smoke_runs_each_point_through_the_recipe(tmp_path, results_md_untouched):
+    argv = ["--smoke", "--learning-rates", "1e-3", "1e-4", "--seeds", "3", "--epochs", "1",
+            "--output-dir", str(tmp_path / "sweep"), "--results-dir", str(tmp_path)]
+    result = _run("finetune_sweep", argv)
+    points = result["points"]
+    assert [(p["learning_rate"], p["seed"]) for p in points] == [(1e-3, 3), (1e-4, 3)]
+    for point in points:
+        report = json.loads((Path(point["output_dir"]) / "report.json").read_text())
+        assert [s["name"] for s in report["stages"]] == ["finetune"]
+        assert point["test"] == report["stages"][0]["metrics"]["accuracy"]
+        assert 0.0 <= point["test"] <= 1.0 and _positive(point["seconds"])
+    # a rerun finds every point finished (the recipe's stage manifests) and re-reads the same numbers
+    again = _run("finetune_sweep", argv)
+    assert [p["test"] for p in again["points"]] == [p["test"] for p in points]
+    assert [p["seconds"] for p in again["points"]] == [p["seconds"] for p in points]
+
+
+def test_finetune_sweep_summary_groups_seeds():
+    summarise = _module("finetune_sweep").summarise
+    points = [{"learning_rate": 5e-5, "epochs": 2, "test": t} for t in (0.90, 0.92)]
+    points.append({"learning_rate": 1e-4, "epochs": 2, "test": 0.89})
+    rows = summarise(points)
+    assert [(r["learning_rate"], r["seeds"]) for r in rows] == [(5e-5, 2), (1e-4, 1)]
+    assert rows[0]["test_mean"] == pytest.approx(0.91) and rows[0]["test_std"] == pytest.approx(0.01414, abs=1e-4)
+    assert rows[1]["test_std"] is None and rows[1]["test_min"] == rows[1]["test_max"] == 0.89
