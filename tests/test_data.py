@@ -381,3 +381,20 @@ def test_encoded_data_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="must all be equal"):
         EncodedData(task="sequence", features={"input_ids": [np.ones(2, np.int32)]}, labels=np.array([0, 1]),
                     label_names=["0", "1"])
+
+
+def test_concatenate_keeps_order_labels_and_truncation_counts(tiny_tokenizer):
+    from tfcompress.data import concatenate
+
+    first = encode(tiny_tokenizer, TextClassificationExamples(["a good movie", "bad"], [1, 0], ["neg", "pos"], "a"),
+                   max_length=3)
+    second = encode(tiny_tokenizer, TextClassificationExamples(["good"], [IGNORE_INDEX], ["neg", "pos"], "b"),
+                    max_length=3)
+    both = concatenate([first, second])
+    assert len(both) == 3 and list(both.labels) == [1, 0, IGNORE_INDEX]
+    assert [list(a) for a in both.features["input_ids"]] == [
+        list(a) for a in first.features["input_ids"] + second.features["input_ids"]]
+    assert both.num_truncated == first.num_truncated + second.num_truncated == 1
+    other = TextClassificationExamples(["good"], [0], ["x", "y"], "c")
+    with pytest.raises(ValueError, match="label_names"):
+        concatenate([first, encode(tiny_tokenizer, other, max_length=3)])

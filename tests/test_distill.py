@@ -366,3 +366,60 @@ def test_distill_with_pruning_reaches_sparsity(tmp_path):
     # the stripped student still runs and its logits are what the distiller predicts
     inputs = _tensors(data.padded_batch([0, 1])[0])
     np.testing.assert_allclose(distiller(inputs).numpy(), student(inputs).logits.numpy(), atol=1e-6)
+
+
+def test_sequence_kd_counts_unlabelled_examples_and_ce_skips_them():
+    """Augmented texts carry IGNORE_INDEX: no cross-entropy, but the KL to the teacher still counts."""
+    rng = np.random.default_rng(2)
+    student = rng.normal(size=(4, 3)).astype(np.float32)
+    teacher = rng.normal(size=(4, 3)).astype(np.float32)
+    labels = np.array([0, 2, IGNORE_INDEX, IGNORE_INDEX], np.int32)
+    padding = np.ones((4, 5), np.float32)
+
+    def terms(y):
+        _, out = distill.logit_losses(tf.constant(student), tf.constant(teacher), tf.constant(y),
+                                      tf.constant(padding), "sequence", 0.5, 2.0)
+        return {k: float(v) for k, v in out.items()}
+
+    mixed = terms(labels)
+    every_kd = float(distill.kd_loss(tf.constant(student), tf.constant(teacher), 2.0))
+    labelled_ce = float(distill.task_loss(tf.constant(student[:2]), tf.constant(labels[:2]), tf.ones(2)))
+    assert mixed["distill/kd_loss"] == pytest.approx(every_kd, rel=1e-6)
+    assert mixed["distill/task_loss"] == pytest.approx(labelled_ce, rel=1e-6)
+    only_unlabelled = terms(np.full(4, IGNORE_INDEX, np.int32))
+    assert only_unlabelled["distill/task_loss"] == 0.0
+    assert only_unlabelled["distill/kd_loss"] == pytest.approx(every_kd, rel=1e-6)
+
+
+def test_augment_texts_masks_and_samples_ngrams_deterministically():
+    from tfcompress.augment import augment_texts
+
+    texts = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés", "bad"]
+    new = augment_texts(texts, copies=3, mask_token="[MASK]", seed=7)
+    assert new == augment_texts(texts, copies=3, mask_token="[MASK]", seed=7)
+    assert new != augment_texts(texts, copies=3, mask_token="[MASK]", seed=8)
+    assert len(new) == len(set(new)) and not set(new) & set(texts)
+    assert 0 < len(new) <= 3 * len(texts)
+    for text in new:
+        words = text.split()
+        # every augmented text is a window of some source text with words masked
+        assert any(
+            any(all(w == "[MASK]" or w == s for w, s in zip(words, source.split()[i:i + len(words)]))
+                and len(words) <= len(source.split()) - i for i in range(len(source.split())))
+            for source in texts), text
+    masked = augment_texts(texts[:2], copies=5, mask_token="<mask>", mask_prob=1.0, ngram_prob=0.0)
+    assert masked and all(set(t.split()) == {"<mask>"} for t in masked)
+    windows = augment_texts(texts[:1], copies=5, mask_token="[MASK]", mask_prob=0.0, ngram_prob=1.0)
+    assert windows and all(1 <= len(t.split()) <= 5 and t in texts[0] for t in windows)
+    assert augment_texts(texts, copies=0, mask_token="[MASK]") == []
+    with pytest.raises(ValueError, match="mask_prob"):
+        augment_texts(texts, copies=1, mask_token="[MASK]", mask_prob=1.5)
+
+
+def test_augmentation_config_is_checked():
+    with pytest.raises(ValueError, match="augment_copies.*alpha < 1"):
+        DistillConfig(alpha=1.0, augment_copies=1)
+    with pytest.raises(ValueError, match="augment_copies"):
+        DistillConfig(augment_copies=-1)
+    with pytest.raises(ValueError, match="augment_ngram_prob"):
+        DistillConfig(augment_copies=1, augment_ngram_prob=2.0)

@@ -426,3 +426,29 @@ def test_finetune_with_mean_pooling_saves_a_mean_head(tiny_run, monkeypatch):
     saved = json.loads((out / "finetune" / "model" / "config.json").read_text())
     assert saved["classifier_pooling"] == "mean"
     assert saved["architectures"] == ["BertMeanPoolingForSequenceClassification"]
+
+
+def test_augmentation_is_hashed_only_when_on_and_only_for_sequence_tasks():
+    config = pipeline.RecipeConfig(stages=["finetune", "distill", "prune"])
+    assert "augment_copies" not in pipeline.stage_config(config, "distill")["distill"]
+    before = pipeline.stage_hashes(config)
+    config.distill.augment_copies = 2
+    after = pipeline.stage_hashes(config)
+    assert [n for n in before if before[n] != after[n]] == ["distill", "prune"]
+    config.validate()
+    config.task = "token"
+    with pytest.raises(ValueError, match="distill.augment_copies=2: augmentation is for sequence"):
+        config.validate()
+
+
+def test_distill_with_augmentation_teaches_on_unlabelled_texts(tiny_run, monkeypatch):
+    command, out = tiny_run
+    _in_process(command + ["--stages", "finetune,distill", "--student-layers", "1", "--augment-copies", "2",
+                           "--set", "distill.cache_teacher=true"], monkeypatch)
+    record = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert record["name"] == "distill"
+    train_examples = json.loads((out / "report.json").read_text())["stages"][0]["train_examples"]
+    assert 0 < record["augmented_examples"] <= 2 * train_examples
+    assert record["teacher_cache"]["examples"] == train_examples + record["augmented_examples"]
+    logged = [json.loads(line) for line in (out / "distill" / "metrics.jsonl").read_text().splitlines()]
+    assert any(np.isfinite(row.get("train/distill/kd_loss", np.nan)) for row in logged)

@@ -689,6 +689,29 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
     return data
 
 
+def concatenate(parts: Sequence[EncodedData]) -> EncodedData:
+    """One EncodedData with the examples of ``parts`` in order (same task, labels, inputs and padding)."""
+    if not parts:
+        raise ValueError("concatenate: no parts")
+    first = parts[0]
+    for k, part in enumerate(parts[1:], start=1):
+        for name in ("task", "input_names", "label_names", "pad_token_id"):
+            if getattr(part, name) != getattr(first, name):
+                raise ValueError(f"concatenate: part {k} has {name}={getattr(part, name)!r}, "
+                                 f"part 0 has {getattr(first, name)!r}")
+    features = {name: [a for part in parts for a in part.features[name]] for name in first.input_names}
+    if first.task == "sequence":
+        labels = np.concatenate([part.labels for part in parts])
+    else:
+        labels = [a for part in parts for a in part.labels]
+    truncated = np.concatenate([part.truncated if part.truncated is not None else np.zeros(len(part), bool)
+                                for part in parts])
+    words = None if first.task == "sequence" else [w for part in parts for w in part.words]
+    return EncodedData(task=first.task, features=features, labels=labels, label_names=list(first.label_names),
+                       num_truncated=int(truncated.sum()), words=words, pad_token_id=first.pad_token_id,
+                       truncated=truncated, num_words_dropped=sum(part.num_words_dropped for part in parts))
+
+
 def _is_tty() -> bool:
     import sys
 

@@ -109,6 +109,12 @@ class DistillConfig:
         cache_max_megabytes (int): refuse to cache more than this (hidden states and attention maps
             of a large training set do not fit in memory: SST-2, 67k x ~25 tokens x 384 x 3 layers x
             4 bytes = 7.7 GB of hidden states).
+        augment_copies (int): sequence task: add up to this many augmented copies of each training
+            text (:func:`tfcompress.augment.augment_texts`: word masking and n-gram sampling) that the
+            student learns from the teacher's soft labels alone (their hard label is ignored). 0 = off.
+            Needs ``alpha < 1`` (they carry no hard label).
+        augment_mask_prob (float): per-word masking probability of the augmentation.
+        augment_ngram_prob (float): probability an augmented text keeps only an n-gram of <= 5 words.
     """
 
     temperature: float = 2.0
@@ -120,6 +126,9 @@ class DistillConfig:
     layer_map: Any = None
     cache_teacher: bool = False
     cache_max_megabytes: int = 2048
+    augment_copies: int = 0
+    augment_mask_prob: float = 0.1
+    augment_ngram_prob: float = 0.25
 
     def __post_init__(self):
         self.validate()
@@ -149,6 +158,14 @@ class DistillConfig:
             bad("cache_teacher", "must be True or False")
         if not isinstance(self.cache_max_megabytes, int) or self.cache_max_megabytes <= 0:
             bad("cache_max_megabytes", "must be a positive integer")
+        if isinstance(self.augment_copies, bool) or not isinstance(self.augment_copies, int) or self.augment_copies < 0:
+            bad("augment_copies", "must be an integer >= 0 (0 turns augmentation off)")
+        if self.augment_copies and self.alpha >= 1.0:
+            bad("augment_copies", "needs alpha < 1: augmented texts have no hard label, only the teacher's")
+        for name in ("augment_mask_prob", "augment_ngram_prob"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                bad(name, "must be in [0, 1]")
         self.layer_map = _parse_layer_map(self.layer_map)
 
     @property
@@ -284,15 +301,19 @@ def logit_losses(student_logits, teacher_logits, labels, padding_mask, task, alp
     Returns:
         ``(weighted_sum, {"distill/task_loss": CE, "distill/kd_loss": T^2 * KL})``. Token task: both
         average over positions with a label that are not padding; nothing else reaches the loss.
+        Sequence task: CE averages over the examples with a label, KL over every example (augmented
+        texts carry ``IGNORE_INDEX`` and only the teacher's soft label).
     """
     labels = tf.cast(labels, tf.int32)
     mask = tf.cast(tf.not_equal(labels, IGNORE_INDEX), tf.float32)
+    kd_mask = None
     if task == "token":
         mask *= tf.cast(padding_mask, tf.float32)
+        kd_mask = mask
     terms = {"distill/task_loss": task_loss(student_logits, labels, mask)}
     total = alpha * terms["distill/task_loss"]
     if alpha < 1.0:
-        terms["distill/kd_loss"] = kd_loss(student_logits, teacher_logits, temperature, mask)
+        terms["distill/kd_loss"] = kd_loss(student_logits, teacher_logits, temperature, kd_mask)
         total += (1.0 - alpha) * terms["distill/kd_loss"]
     return total, terms
 

@@ -41,7 +41,7 @@ from tfcompress import _compat  # noqa: F401  (Keras choice before TF/transforme
 from tfcompress.distill import DistillConfig
 from tfcompress.prune import PruneConfig
 from tfcompress.report import Report, write_outputs
-from tfcompress.train import TrainConfig
+from tfcompress.train import IGNORE_INDEX, TrainConfig
 from tfcompress.utils import atomic_dir, atomic_write_json, atomic_write_text, get_logger, to_json
 
 log = get_logger("pipeline")
@@ -302,6 +302,12 @@ class RecipeConfig:
             raise ValueError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGES)}")
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages={self.stages!r}: a stage appears twice")
+        if self.distill.augment_copies and self.task != "sequence":
+            raise ValueError(f"distill.augment_copies={self.distill.augment_copies}: augmentation is for "
+                             f"sequence tasks (word masking, n-gram sampling); task is {self.task!r}")
+        if self.prune_distill.augment_copies:
+            raise ValueError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
+                             "stage does not augment; set distill.augment_copies")
         for section in ("data", "student", "distill", "prune", "prune_distill", "trim", "export", "evaluate",
                         "release"):
             getattr(self, section).validate()
@@ -362,6 +368,10 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
     }.get(name, ())
     for section in sections:
         base[section] = dataclasses.asdict(getattr(config, section))
+        if isinstance(getattr(config, section), DistillConfig) and not base[section]["augment_copies"]:
+            # added later: hashed only when augmentation is on, so older run folders keep their hash
+            for key in ("augment_copies", "augment_mask_prob", "augment_ngram_prob"):
+                del base[section][key]
     if name == "finetune":
         from tfcompress.models import resolve_pooling
 
@@ -669,6 +679,30 @@ def finetune_stage(context: Context) -> dict:
     return record
 
 
+def _augmented_train(context: "Context", train):
+    """The training set plus ``distill.augment_copies`` augmented copies of its texts (hard label
+    ``IGNORE_INDEX``), or None when augmentation is off. Sequence task only."""
+    from tfcompress import augment, data
+
+    config = context.config.distill
+    if not config.augment_copies:
+        return None
+    tokenizer = context.tokenizer()
+    if tokenizer.mask_token is None:
+        raise ValueError(f"DistillConfig.augment_copies={config.augment_copies}: the tokenizer has no mask token")
+    examples = context.examples("train")
+    texts = augment.augment_texts(examples.texts, config.augment_copies, tokenizer.mask_token,
+                                  mask_prob=config.augment_mask_prob, ngram_prob=config.augment_ngram_prob,
+                                  seed=context.config.distill_train.seed)
+    extra = data.TextClassificationExamples(texts=texts, labels=[IGNORE_INDEX] * len(texts),
+                                            label_names=list(examples.label_names),
+                                            source=f"{examples.source} (augmented)")
+    encoded = data.encode(tokenizer, extra, max_length=context.config.data.max_length, input_names=train.input_names)
+    log.info("distill: %d augmented texts (%d copies asked per %d training texts), soft labels only",
+             len(texts), config.augment_copies, len(examples))
+    return data.concatenate([train, encoded])
+
+
 @stage("distill")
 def distill_stage(context: Context) -> dict:
     """Distil the teacher (``student.teacher`` or the current model) into a ``student.num_layers`` student.
@@ -689,6 +723,9 @@ def distill_stage(context: Context) -> dict:
     student = distill.make_student(teacher, num_layers=config.student.num_layers)
     distiller = distill.Distiller(teacher, student, config.distill, task=config.task)
     train, evaluation = context.encoded("train"), context.encoded("eval")
+    augmented = _augmented_train(context, train)
+    if augmented is not None:
+        train = augmented
     cache = None
     if config.distill.cache_teacher:
         cache = distiller.cache_teacher_outputs(train, batch_size=config.distill_train.eval_batch_size)
@@ -707,6 +744,7 @@ def distill_stage(context: Context) -> dict:
         teacher_metrics=_scalars(teacher_metrics), eval_metrics=_scalars(result["metrics"]),
         teacher_params=description["teacher_params"], student_params=description["student_params"],
         layer_map=description["layer_map"], distillation=description, teacher_cache=cache,
+        augmented_examples=len(train) - len(context.encoded("train")),
         best_step=result["best_step"], steps=result["steps"],
         train_samples_per_second=result["samples_per_second"], per_class=_per_class(student_metrics), **facts)
     report.save()
@@ -1192,6 +1230,11 @@ def add_distill_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfi
                        help="weight of the attention-distribution KL over the layer map, 0 = off (default: %(default)s)")
     group.add_argument("--distill-epochs", type=float, default=defaults.distill_train.epochs,
                        help="epochs of the distill stage (default: %(default)s)")
+    if defaults.task == "sequence":
+        group.add_argument("--augment-copies", type=int, default=d.augment_copies,
+                           help="augmented copies of each training text (word masking, n-gram sampling) the "
+                                "student learns from the teacher's soft labels, 0 = off; needs --alpha < 1 "
+                                "(default: %(default)s)")
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
@@ -1341,7 +1384,8 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
             raise ValueError(f"--student-layers {args.student_layers}: must be >= 1, or 0 for no student")
         config.student.num_layers = args.student_layers or config.student.num_layers
     for flag, name in (("temperature", "temperature"), ("alpha", "alpha"),
-                       ("hidden_loss_weight", "hidden_loss_weight"), ("attention_loss_weight", "attention_loss_weight")):
+                       ("hidden_loss_weight", "hidden_loss_weight"), ("attention_loss_weight", "attention_loss_weight"),
+                       ("augment_copies", "augment_copies")):
         if has(flag):
             setattr(config.distill, name, getattr(args, flag))
     if has("distill_epochs"):
