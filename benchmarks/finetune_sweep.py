@@ -10,7 +10,7 @@ checkpoint was chosen on, the step it was taken at and the training time, then t
 over seeds per (learning rate, epochs).
 
     python benchmarks/finetune_sweep.py --task sst2 --learning-rates 5e-5 3e-5 --epochs 2 3 \
-        --seeds 0 --output-dir runs/sweep
+        --seeds 42 --output-dir runs/sweep
 
 ``--smoke`` runs the same code on the tiny model and tiny data (seconds per point) and never appends
 to benchmarks/RESULTS.md.
@@ -68,7 +68,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--task", choices=sorted(METRIC), default="sst2")
     parser.add_argument("--learning-rates", type=float, nargs="+", default=[5e-5, 3e-5])
     parser.add_argument("--epochs", type=float, nargs="+", default=[2.0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42],
+                        help="seeds per point (default: 42, the recipes' default, so the first point is the default run)")
     parser.add_argument("--output-dir", default="runs/finetune-sweep")
     parser.add_argument("--results-dir", default=None, help="where the JSON goes (default: benchmarks/results)")
     parser.add_argument("--smoke", action="store_true", help="tiny model and data: checks the plumbing only")
@@ -94,7 +95,7 @@ def main(argv=None) -> Path:
                 command = point_command(args.task, lr, epochs, seed, output, extra)
                 print(" ".join(command), flush=True)
                 started = time.time()
-                log_path = output.with_suffix(".log")
+                log_path = output.parent / f"{output.name}.log"  # with_suffix would cut "lr0.0001..." at its dot
                 with open(log_path, "a") as log:
                     finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
                 if finished.returncode != 0:
