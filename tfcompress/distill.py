@@ -161,7 +161,8 @@ class DistillConfig:
         if isinstance(self.augment_copies, bool) or not isinstance(self.augment_copies, int) or self.augment_copies < 0:
             bad("augment_copies", "must be an integer >= 0 (0 turns augmentation off)")
         if self.augment_copies and self.alpha >= 1.0:
-            bad("augment_copies", "needs alpha < 1: augmented texts have no hard label, only the teacher's")
+            bad("augment_copies", "needs alpha < 1: augmented texts have no hard label, only the teacher's "
+                "(for a labels-only student set augment_copies to 0: --augment-copies 0)")
         for name in ("augment_mask_prob", "augment_ngram_prob"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:
