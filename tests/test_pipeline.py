@@ -445,9 +445,9 @@ def test_distill_with_augmentation_teaches_on_unlabelled_texts(tiny_run, monkeyp
     command, out = tiny_run
     _in_process(command + ["--stages", "finetune,distill", "--student-layers", "1", "--augment-copies", "2",
                            "--set", "distill.cache_teacher=true"], monkeypatch)
-    record = json.loads((out / "report.json").read_text())["stages"][-1]
+    finetune, record = json.loads((out / "report.json").read_text())["stages"]
     assert record["name"] == "distill"
-    train_examples = json.loads((out / "report.json").read_text())["stages"][0]["train_examples"]
+    train_examples = finetune["train_examples"]
     assert 0 < record["augmented_examples"] <= 2 * train_examples
     assert record["teacher_cache"]["examples"] == train_examples + record["augmented_examples"]
     logged = [json.loads(line) for line in (out / "distill" / "metrics.jsonl").read_text().splitlines()]
