@@ -54,6 +54,8 @@ def test_sst2_recipe_smoke_runs_every_default_stage_and_releases(tmp_path, tiny_
     assert (out / "finetune" / "model" / "config.json").exists()
     assert json.loads((out / "distill" / "model" / "config.json").read_text())["num_hidden_layers"] == 1
     assert (out / "prune" / "model" / "tf_model.h5").exists()
+    prune = report["stages"][2]  # the default prune stage learns from the student it prunes
+    assert prune["distillation"]["alpha"] == 0.5 and prune["distillation"]["teacher"] == str(out / "distill" / "model")
     assert (out / "trim" / "model" / "vocab.txt").exists()
     assert {a["name"] for a in report["artifacts"]} == {"fp32", "dynamic"}
     assert report["stages"][-1]["released"] and (out / "release" / "fp32" / "manifest.json").exists()
