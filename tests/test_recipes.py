@@ -56,6 +56,7 @@ def test_sst2_recipe_smoke_runs_every_default_stage_and_releases(tmp_path, tiny_
     assert (out / "prune" / "model" / "tf_model.h5").exists()
     prune = report["stages"][2]  # the default prune stage learns from the student it prunes
     assert prune["distillation"]["alpha"] == 0.5 and prune["distillation"]["teacher"] == str(out / "distill" / "model")
+    assert any("embeddings" in name for name in prune["pruned_layers"])  # and its word-embedding table
     assert (out / "trim" / "model" / "vocab.txt").exists()
     assert {a["name"] for a in report["artifacts"]} == {"fp32", "dynamic"}
     assert report["stages"][-1]["released"] and (out / "release" / "fp32" / "manifest.json").exists()
@@ -96,6 +97,20 @@ def test_recipe_docstring_states_command_time_and_results(name):
     assert "Expected time on 2 CPU cores" in doc and "Expected results" in doc
     chain = ["finetune", "distill", "prune", "trim"] if name == "sst2" else ["finetune", "prune"]
     assert recipe["DEFAULTS"].stages == [*chain, "export", "evaluate", "release"]
+
+
+def test_sst2_prunes_embeddings_by_default_and_the_flag_turns_it_off():
+    import argparse
+
+    from tfcompress.pipeline import add_recipe_arguments, config_from_args
+
+    recipe = _recipe("sst2")
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser, recipe["DEFAULTS"])
+    default = config_from_args(parser.parse_args([]), recipe["DEFAULTS"], recipe["FILES"], "sst2")
+    dense = config_from_args(parser.parse_args(["--no-prune-embeddings"]), recipe["DEFAULTS"], recipe["FILES"], "sst2")
+    assert default.prune.prune_embeddings and not dense.prune.prune_embeddings
+    assert recipe["DEFAULTS"].prune.prune_embeddings  # parsing did not change the recipe's defaults
 
 
 def test_bad_override_exits_with_code_2_and_names_the_field(tmp_path, capsys):

@@ -1247,8 +1247,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig)
     group.add_argument("--prune-structure", choices=("unstructured", "2:4"), default=p.structure,
                        help="unstructured, or 2:4 (two zeros in every four weights; implies 0.5) "
                             "(default: %(default)s)")
-    group.add_argument("--prune-embeddings", action="store_true", default=p.prune_embeddings,
-                       help="also prune the word-embedding table (half of MiniLM's parameters)")
+    group.add_argument("--prune-embeddings", action=argparse.BooleanOptionalAction, default=p.prune_embeddings,
+                       help="also prune the word-embedding table (half of MiniLM's parameters); "
+                            "--no-prune-embeddings leaves it dense (default: %(default)s)")
     group.add_argument("--prune-epochs", type=float, default=defaults.prune_train.epochs,
                        help="epochs of pruning while fine-tuning (default: %(default)s)")
     group.add_argument("--prune-distill-alpha", type=float, default=defaults.prune_distill.alpha,

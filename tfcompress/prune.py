@@ -211,7 +211,8 @@ class PruneConfig:
                 bad("block_size", "must be (1, 1) with structure='2:4' (TFMOT cannot combine them)")
             if self.prune_embeddings:
                 bad("prune_embeddings", "2:4 sparsity is a matmul-kernel format; the embedding table is "
-                    "gathered, not multiplied: prune it unstructured in a separate run or leave it")
+                    "gathered, not multiplied: prune it unstructured in a separate run or leave it dense "
+                    "(--no-prune-embeddings)")
         for name in ("include", "exclude"):
             pattern = getattr(self, name)
             if pattern is not None:
