@@ -26,8 +26,8 @@ of each sentence (``--augment-copies 2``: word masking and n-gram sampling after
 172,951 texts, 5,405 steps) on the teacher's cached logits (alpha 0.5, T 2) and, for the original
 sentences, the labels; prune the student's encoder Dense kernels to 50 % with a polynomial schedule
 during half an epoch more, and its word-embedding table with them (``--prune-embeddings``), learning
-from the unpruned student's cached logits as well as the labels (``--prune-distill-alpha 0.5``); trim the vocabulary to the tokens train.tsv uses plus the first 20,000 ids
-(22,269 of 30,522 rows); export fp32, fp16, dynamic and int8 artifacts (int16x8 on request) at the
+from the unpruned student's cached logits as well as the labels (``--prune-distill-alpha 0.5``);
+trim the vocabulary to the tokens train.tsv uses plus the first 20,000 ids (22,269 of 30,522 rows); export fp32, fp16, dynamic and int8 artifacts (int16x8 on request) at the
 99th-percentile training length (44); evaluate each with ai_edge_litert on the test set (1 pt parity
 budget against the Keras model it came from); release the ones that pass.
 

@@ -1255,7 +1255,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig)
     group.add_argument("--prune-distill-alpha", type=float, default=defaults.prune_distill.alpha,
                        help="task-loss weight while pruning; below 1 the dense input model is a frozen teacher "
                             "and the rest is T^2-scaled KL on its logits (temperature: --set "
-                            "prune_distill.temperature=T) (default: %(default)s = no teacher)")
+                            "prune_distill.temperature=T) (default: %(default)s; 1 = no teacher)")
 
 
 def add_trim_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig, chain: bool = True) -> None:
