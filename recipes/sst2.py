@@ -27,9 +27,10 @@ of each sentence (``--augment-copies 2``: word masking and n-gram sampling after
 sentences, the labels; prune the student's encoder Dense kernels to 50 % with a polynomial schedule
 during half an epoch more, and its word-embedding table with them (``--prune-embeddings``), learning
 from the unpruned student's cached logits as well as the labels (``--prune-distill-alpha 0.5``);
-trim the vocabulary to the tokens train.tsv uses plus the first 20,000 ids (22,269 of 30,522 rows); export fp32, fp16, dynamic and int8 artifacts (int16x8 on request) at the
-99th-percentile training length (44); evaluate each with ai_edge_litert on the test set (1 pt parity
-budget against the Keras model it came from); release the ones that pass.
+trim the vocabulary to the tokens train.tsv uses plus the first 20,000 ids (22,269 of 30,522 rows);
+export fp32, fp16, dynamic and int8 artifacts (int16x8 on request) at the 99th-percentile training
+length (44); evaluate each with ai_edge_litert on the test set (1 pt parity budget against the Keras
+model it came from); release the ones that pass.
 
 Expected time on 2 CPU cores: 51 min for the whole default chain before the prune stage learned from
 the teacher (quiet machine, 2026-11-24: finetune 1,250 s in the ``stock_vs_tfcompress (2026-11-24
