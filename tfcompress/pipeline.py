@@ -146,8 +146,8 @@ class ExportStageConfig:
         int8_select_examples: eval examples scored per selection trial.
     """
 
-    # int16x8 is opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path, so evaluating it
-    # took ~1.5 s per sentence here (22 min for SST-2's 872 test sentences).
+    # int16x8 is opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer SST-2 model
+    # at seq 44: 180 ms per sentence against 3.6 ms for dynamic-range; RESULTS.md, 2026-11-25).
     modes: list[str] = field(default_factory=lambda: [m for m in EXPORT_MODES if m != "int16x8"])
     seq_length: int = 0
     seq_percentile: float = 99.0
