@@ -15,18 +15,24 @@ selection, test.txt 3,453 for the reported number). F1 is seqeval's strict entit
 Artifacts have a fixed length (the 99th-percentile training length); test sentences longer than it are
 truncated for the artifact and for its Keras reference alike, and the words cut off are not scored.
 
-Expected time on 2 CPU cores: the finetune stage took 54 min (5 x 439 steps) on 2026-11-22 on a
-2-core CPU shared with other jobs (an upper bound); the whole default chain is still to be timed.
-Expected results (measured 2026-11-22): finetune entity F1 0.8743 on test.txt (P 0.877, R 0.872),
-0.9177 on dev.txt; the prune stage (50 %, 1 epoch) 0.8591. A 3-layer student distilled from that
-model (``--distill-from runs/conll2003/finetune/model --student-layers 3 --stages distill
---set distill.cache_teacher=true``, 6 epochs): 0.8513 (dev 0.8999), 21 min with the test suite
-running beside it.
+Expected time on 2 CPU cores: 58 min for the whole default chain, the sum of its stages measured on
+2026-11-24 night on 2 cores shared with one or two other jobs (upper bounds): finetune 1,991 s (5 x
+439 steps), prune 1,079 s (2 x 439 steps, teacher cache included), export 130 s, evaluate 253 s,
+release 40 s.
+Expected results (that run; ``runs/conll-full`` and ``runs/conll-full-p2kd`` in RESULTS.md "Session
+8"): finetune entity F1 0.8738 on test.txt (P 0.875, R 0.872), 0.9167 on dev.txt (the 2026-11-22
+run: 0.8743 / 0.9177); pruned 50 % 0.8662 (-0.76 pt; dev 0.9056); artifacts at seq 56 (Keras at seq
+56: 0.8647): fp32 and fp16 0.8647, dynamic 0.8650 (22.9 MB, 14.8 MB gzip) released; int8 0.8446
+(-2.01 pt) held back by the parity gate. A 3-layer student distilled from the 2026-11-22 model
+(``--distill-from runs/conll2003/finetune/model --student-layers 3 --stages distill --set
+distill.cache_teacher=true``, 6 epochs): 0.8513 (dev 0.8999), 21 min with the test suite running
+beside it.
 
 Beside the stock path (``python benchmarks/stock_vs_tfcompress.py --tasks conll2003 --max-train-samples
-4000 --stock-epochs 2``, 2026-11-24, both paths on the same 4,000 training sentences): this chain's
-released dynamic artifact scored entity F1 0.7981 against the stock 2-epoch ``fit`` + dynamic-range
-0.7695, at 0.84x its gzip size and 0.42x its latency (benchmarks/RESULTS.md).
+4000 --stock-epochs 2``, 2026-11-24, both paths on the same 4,000 training sentences): this chain (then
+with a 1-epoch prune stage without the teacher) released a dynamic artifact that scored entity F1
+0.7981 against the stock 2-epoch ``fit`` + dynamic-range 0.7695, at 0.84x its gzip size and 0.42x its
+latency (benchmarks/RESULTS.md).
 
 Smoke mode::
 
