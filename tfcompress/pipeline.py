@@ -930,13 +930,14 @@ def _selective_int8(context: Context, model, seq_length: int, train, path: Path)
     from tfcompress import export, metrics, runtime
 
     cfg, primary = context.config.export, _primary(context)
-    evaluation = context.encoded("eval")
+    # Encoded at the artifact's length, as the evaluate stage encodes the test split: for token tasks
+    # the labels of the words cut off go with them (truncating only the inputs left them unscorable).
+    evaluation = context.encoded("eval", seq_length)
     held_out = evaluation.select(list(range(min(cfg.int8_select_examples, len(evaluation)))))
     batch_size = context.config.evaluate.batch_size
 
     def metric_of(predict) -> float:  # both models see the artifact's fixed length
-        logits = metrics.predict_logits(predict, held_out, batch_size=batch_size, progress=False, pad_to=seq_length,
-                                        truncate=True)
+        logits = metrics.predict_logits(predict, held_out, batch_size=batch_size, progress=False, pad_to=seq_length)
         return float(metrics.compute_metrics(context.config.task, logits, held_out.labels, held_out.label_names)[primary])
 
     reference = metric_of(keras_predict_fn(model))
