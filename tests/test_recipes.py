@@ -64,7 +64,9 @@ def test_sst2_recipe_smoke_runs_every_default_stage_and_releases(tmp_path, tiny_
     assert "released: " in capsys.readouterr().out
 
 
-def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny_vocab_dir):
+@pytest.fixture
+def tiny_ner(tmp_path, tiny_vocab_dir):
+    """(model directory, data directory): a tiny token classifier and CoNLL files for the recipe."""
     from tfcompress.models import load_tokenizer, save_model
 
     model_dir = tmp_path / "tiny-ner"
@@ -73,6 +75,11 @@ def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny
     data_dir.mkdir()
     for name in ("train.txt", "dev.txt", "test.txt"):
         (data_dir / name).write_text(CONLL_TEXT)
+    return model_dir, data_dir
+
+
+def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny_ner):
+    model_dir, data_dir = tiny_ner
     out = tmp_path / "run"
     _run(["recipes/conll2003.py", "--smoke", "--model", str(model_dir), "--data-dir", str(data_dir),
           "--output-dir", str(out), "--stages", "finetune,export,evaluate,release", "--export", "fp32",
@@ -85,18 +92,11 @@ def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny
     assert (out / "release" / "fp32" / "labels.txt").read_text().split()[0] == "O"
 
 
-def test_selective_int8_scores_a_token_task_whose_sentences_outrun_the_artifact(tmp_path, tiny_vocab_dir):
+def test_selective_int8_scores_a_token_task_whose_sentences_outrun_the_artifact(tmp_path, tiny_ner):
     """``export.int8_select_budget`` on NER with an artifact shorter than the dev sentences: the trials
     score the words the artifact keeps, as the evaluate stage does (inputs cut but labels not used to
     stop the export with "N predictions for M label positions")."""
-    from tfcompress.models import load_tokenizer, save_model
-
-    model_dir = tmp_path / "tiny-ner"
-    save_model(build_tiny_model("token", num_labels=9), load_tokenizer(str(tiny_vocab_dir)), model_dir)
-    data_dir = tmp_path / "conll"
-    data_dir.mkdir()
-    for name in ("train.txt", "dev.txt", "test.txt"):
-        (data_dir / name).write_text(CONLL_TEXT)
+    model_dir, data_dir = tiny_ner
     out = tmp_path / "run"
     _run(["recipes/conll2003.py", "--smoke", "--model", str(model_dir), "--data-dir", str(data_dir),
           "--output-dir", str(out), "--stages", "export", "--export", "int8", "--seq-length", "5",
