@@ -406,3 +406,18 @@ def test_selective_int8_keeps_the_worst_tensors_in_float_until_the_budget_holds(
     assert not strict["met"] and counts == sorted(counts) and counts[-1] > 0 and len(counts) >= 2
     assert runtime.float_ops(path), "the float tensors are not in the written artifact"
     assert strict["worst_tensors"][0]["rmse_over_scale"] >= strict["worst_tensors"][-1]["rmse_over_scale"]
+
+
+def test_selective_int8_ranks_only_tensors_of_ops_that_are_still_int8():
+    """Tensors of the op types kept in float in every trial are not candidates: keeping them "in
+    float" again would change nothing (on MiniLM the LayerNorm ops top the debugger's ranking)."""
+    model = _model_with_spread()
+    rows = _rows(_features(32, seed=2))
+    _, record = export.selective_int8(model, SEQ_LENGTH, rows, lambda content: 0.0, reference=1.0, budget=0.0,
+                                      thresholds=(0.0,), denylisted_ops=("FULLY_CONNECTED",), num_calibration=32,
+                                      num_debug=8)
+    assert record["skipped_float_op_tensors"] > 0
+    assert record["worst_tensors"] and all(row["op"] != "FULLY_CONNECTED" for row in record["worst_tensors"])
+    fully_connected = {row["tensor"] for row in export.layer_errors(model, SEQ_LENGTH, rows, num_calibration=32,
+                                                                   num_debug=8) if row["op"] == "FULLY_CONNECTED"}
+    assert record["float_nodes"] and not fully_connected & set(record["float_nodes"])

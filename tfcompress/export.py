@@ -471,9 +471,15 @@ def selective_int8(model, seq_length: int, representative, score: Callable[[byte
 
     Returns:
         (bytes, record): ``record`` holds ``float_nodes`` (tensor names kept in float), the
-        ``threshold`` used, ``met`` and every trial's metric, and the ten worst tensors by error.
+        ``threshold`` used, ``met`` and every trial's metric, the ten worst tensors by error among
+        the candidates (tensors of ``denylisted_ops`` types are not candidates: they are float
+        already) and ``skipped_float_op_tensors``, how many were left out for that reason.
     """
-    rows = layer_errors(model, seq_length, representative, num_calibration=num_calibration, num_debug=num_debug)
+    all_rows = layer_errors(model, seq_length, representative, num_calibration=num_calibration, num_debug=num_debug)
+    # The debugger quantizes every op; tensors of the op types kept in float anyway are not candidates
+    # (on MiniLM the LayerNorm ops top the ranking, and keeping them "in float" again changed nothing).
+    denied = set(denylisted_ops)
+    rows = [row for row in all_rows if row["op"] not in denied]
     trials, content, nodes = [], b"", []
     for threshold in (None, *thresholds):
         candidate = [] if threshold is None else select_float_nodes(rows, threshold)
@@ -494,7 +500,8 @@ def selective_int8(model, seq_length: int, representative, score: Callable[[byte
     worst = [{"tensor": row["tensor"], "op": row["op"], "rmse_over_scale": round(row["rmse_over_scale"], 3)}
              for row in rows[:10]]
     record = {"float_nodes": nodes, "threshold": trials[-1]["threshold"], "met": reference - trials[-1]["metric"] <= budget + 1e-9,
-              "reference": reference, "budget": budget, "trials": trials, "worst_tensors": worst}
+              "reference": reference, "budget": budget, "trials": trials, "worst_tensors": worst,
+              "skipped_float_op_tensors": len(all_rows) - len(rows)}
     return content, record
 
 
