@@ -32,13 +32,12 @@ export fp32, fp16, dynamic and int8 artifacts (int16x8 on request) at the 99th-p
 length (44); evaluate each with ai_edge_litert on the test set (1 pt parity budget against the Keras
 model it came from); release the ones that pass.
 
-Expected time on 2 CPU cores: 51 min for the whole default chain before the prune stage learned from
-the teacher (quiet machine, 2026-11-24: finetune 1,250 s in the ``stock_vs_tfcompress (2026-11-24
-15:12 UTC)`` run of RESULTS.md; the stages after it measured on that teacher by ``--distill-from`` into
-a fresh folder: distill 1,408 s (teacher cache of the 172,951 texts included), prune 248 s, trim 18 s,
-export 69 s, evaluate 42 s, release 25 s). The prune stage with the teacher and the embedding table
-took 680 s on a machine shared with two other training jobs (2026-11-24 night); it is not yet timed on
-a quiet one.
+Expected time on 2 CPU cores: about 53 min for the whole default chain, summed from stages measured
+on a quiet machine: finetune 1,250 s (the ``stock_vs_tfcompress (2026-11-24 15:12 UTC)`` run of
+RESULTS.md); on that teacher by ``--distill-from`` into a fresh folder: distill 1,408 s (teacher cache
+of the 172,951 texts included), trim 18 s, export 69 s, evaluate 42 s, release 25 s (2026-11-24,
+before the prune stage learned from the teacher); prune 353 s with the teacher and the embedding
+table (2026-11-25; 248 s without them).
 Expected results (RESULTS.md, "Session 7" and "Session 8"): teacher 0.8911 on test.tsv (val 0.9463);
 student 0.8888 (val 0.9461); pruned 0.8830; trimmed 0.8819; artifacts at seq 44: fp32 0.8819, fp16
 0.8819, dynamic 0.8842 (14.2 MB, 7.9 MB gzip), int8 0.8704 (14.3 MB, 7.5 MB gzip; -1.15 pt, held back
