@@ -38,6 +38,10 @@ VARIANTS = {
     "dynamic": ("dynamic", {}, "tfcompress"),
     "int8": ("int8", {}, "tfcompress"),
     "int8-float-layernorm": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS}, "tfcompress"),
+    # which half of the LayerNorm group costs the accuracy: its internals, or the residual ADDs
+    "int8-float-layernorm-not-add": ("int8", {"denylisted_ops": tuple(op for op in export.LAYER_NORM_OPS if op != "ADD")},
+                                     "tfcompress"),
+    "int8-float-add": ("int8", {"denylisted_ops": ("ADD",)}, "tfcompress"),
     # + the attention matmuls in float: LiteRT's CPU int8 BATCH_MATMUL is slow next to XNNPACK's float one
     "int8-float-layernorm-matmul": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + ("BATCH_MATMUL",)},
                                     "tfcompress"),
