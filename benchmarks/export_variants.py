@@ -51,6 +51,15 @@ VARIANTS = {
                                         "tfcompress"),
     "int8-float-layernorm-matmul-fc": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "FULLY_CONNECTED")}, "tfcompress"),
+    # the pipeline's default int8 (session 9): the feed-forward outputs' outlier channels scaled down
+    # before conversion and back up in float (quantize.scale_outlier_channels), with and without
+    # SOFTMAX in float too
+    "int8-float-layernorm-matmul-outliers": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + ("BATCH_MATMUL",),
+                                                      "outlier_percentile": 90.0}, "tfcompress"),
+    "int8-float-layernorm-matmul-softmax-outliers": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + (
+        "BATCH_MATMUL", "SOFTMAX"), "outlier_percentile": 90.0}, "tfcompress"),
+    "int8-float-layernorm-matmul-softmax": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + (
+        "BATCH_MATMUL", "SOFTMAX")}, "tfcompress"),
     "int16x8": ("int16x8", {}, "tfcompress"),
 }
 

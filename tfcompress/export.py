@@ -78,6 +78,10 @@ class ExportConfig:
         denylisted_nodes: output tensor names kept in float in ``int8`` mode.
         allow_flex_ops: allow ``SELECT_TF_OPS`` (artifacts then need the flex delegate).
         calibration_seed: seed of the sample of representative examples.
+        outlier_percentile: ``int8`` mode with MUL and ADD kept in float (the default artifact):
+            scale the outlier channels of every feed-forward output down to this percentile of the
+            channel maxima before conversion and back up in float after the residual add
+            (:func:`tfcompress.quantize.scale_outlier_channels`; same float function). ``None``: off.
     """
 
     mode: str = "int8"
@@ -90,6 +94,7 @@ class ExportConfig:
     denylisted_nodes: tuple[str, ...] = ()
     allow_flex_ops: bool = False
     calibration_seed: int = 0
+    outlier_percentile: float | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -108,6 +113,8 @@ class ExportConfig:
                 "the -10000 added at padded positions) or None")
         self.denylisted_ops = tuple(self.denylisted_ops)
         self.denylisted_nodes = tuple(self.denylisted_nodes)
+        if self.outlier_percentile is not None and not 0 < self.outlier_percentile <= 100:
+            raise ValueError(f"outlier_percentile={self.outlier_percentile!r}: must be in (0, 100] or None")
         if (self.denylisted_ops or self.denylisted_nodes) and self.mode != "int8":
             raise ValueError(
                 f"denylisted_ops/denylisted_nodes need mode='int8' (selective quantization), got "
@@ -267,7 +274,8 @@ def to_tflite(model, mode: str = "int8", seq_length: int = 128, representative=N
               attention_mask_floor: float | None = DEFAULT_ATTENTION_MASK_FLOOR,
               denylisted_ops: Iterable[str] = (), denylisted_nodes: Iterable[str] = (),
               allow_flex_ops: bool = False, input_names: Sequence[str] | None = None,
-              output_path=None, config: ExportConfig | None = None) -> bytes:
+              output_path=None, config: ExportConfig | None = None,
+              outlier_percentile: float | None = None) -> bytes:
     """Convert ``model`` to a TFLite flatbuffer and (optionally) write it atomically.
 
     Args:
@@ -286,6 +294,8 @@ def to_tflite(model, mode: str = "int8", seq_length: int = 128, representative=N
         denylisted_ops / denylisted_nodes: kept in float in ``int8`` mode (selective quantization).
         allow_flex_ops: permit SELECT_TF_OPS.
         input_names: override the signature inputs.
+        outlier_percentile: ``int8`` with MUL and ADD in ``denylisted_ops``: scale the feed-forward
+            outputs' outlier channels (see :class:`ExportConfig`); the model is restored afterwards.
         output_path: if given, the bytes are also written there atomically.
         config: an :class:`ExportConfig`; when given it overrides the keyword arguments.
 
@@ -302,7 +312,7 @@ def to_tflite(model, mode: str = "int8", seq_length: int = 128, representative=N
                               attention_mask_floor=attention_mask_floor,
                               denylisted_ops=tuple(denylisted_ops),
                               denylisted_nodes=tuple(denylisted_nodes),
-                              allow_flex_ops=allow_flex_ops)
+                              allow_flex_ops=allow_flex_ops, outlier_percentile=outlier_percentile)
     names = list(input_names or input_names_for(model))
     quantized_activations = config.mode in QUANTIZED_ACTIVATION_MODES
     samples = None
@@ -311,20 +321,40 @@ def to_tflite(model, mode: str = "int8", seq_length: int = 128, representative=N
             raise ValueError(f"mode={config.mode!r} needs representative data to calibrate ranges")
         samples = representative_features(representative, names, config.seq_length,
                                            config.num_calibration, config.calibration_seed)
-    concrete = serving_function(model, config.seq_length, names,
-                                friendly=quantized_activations and config.quantization_friendly,
-                                attention_mask_floor=config.attention_mask_floor)
-    converter = _make_converter(concrete, model, config, samples)
-    if config.denylisted_ops or config.denylisted_nodes:
-        content = _selective_int8(converter, config)
-    else:
-        content = _convert(converter)
+    undo = _scale_outliers(model, config, samples)
+    try:  # the converter reads the variables at convert(), so the model stays scaled until then
+        concrete = serving_function(model, config.seq_length, names,
+                                    friendly=quantized_activations and config.quantization_friendly,
+                                    attention_mask_floor=config.attention_mask_floor)
+        converter = _make_converter(concrete, model, config, samples)
+        if config.denylisted_ops or config.denylisted_nodes:
+            content = _selective_int8(converter, config)
+        else:
+            content = _convert(converter)
+    finally:
+        undo()
     check_builtin_only(content, allow_flex_ops=config.allow_flex_ops)
     if output_path is not None:
         atomic_write_bytes(output_path, content)
         log.info("wrote %s (%s, seq %d, %.1f MB)", output_path, config.mode, config.seq_length,
                  len(content) / 1e6)
     return content
+
+
+def outlier_scaling_applies(config: ExportConfig) -> bool:
+    """Whether :func:`to_tflite` scales outlier channels for ``config``: ``int8``, the quantization-
+    friendly graph, ``outlier_percentile`` set, and MUL and ADD kept in float (the scale and unscale
+    MULs sit on the float residual path; in an all-integer artifact they would be int8 themselves)."""
+    return (config.mode == "int8" and config.quantization_friendly and config.outlier_percentile is not None
+            and {"MUL", "ADD"} <= set(config.denylisted_ops))
+
+
+def _scale_outliers(model, config: ExportConfig, samples) -> Callable[[], None]:
+    if not outlier_scaling_applies(config):
+        return lambda: None
+    from tfcompress.quantize import scale_outlier_channels
+
+    return scale_outlier_channels(model, samples, config.outlier_percentile)
 
 
 def _selective_int8(converter, config: ExportConfig) -> bytes:
@@ -451,7 +481,7 @@ def select_float_nodes(rows: list[dict], threshold: float = 1.0, max_nodes: int 
 def selective_int8(model, seq_length: int, representative, score: Callable[[bytes], float], reference: float,
                    budget: float, denylisted_ops: Iterable[str] = (), thresholds: Sequence[float] = (8.0, 4.0, 2.0, 1.0),
                    num_calibration: int = 200, num_debug: int = 50, io_type: str = "float",
-                   output_path=None) -> tuple[bytes, dict]:
+                   output_path=None, outlier_percentile: float | None = None) -> tuple[bytes, dict]:
     """An ``int8`` artifact with the fewest float tensors that keeps the metric within ``budget``.
 
     TFLite's ``QuantizationDebugger`` measures every tensor's quantization error
@@ -468,6 +498,8 @@ def selective_int8(model, seq_length: int, representative, score: Callable[[byte
         denylisted_ops: op types kept in float in every trial (``ExportStageConfig.int8_float_ops``).
         thresholds: decreasing error thresholds to try; the last trial is used if none meets the budget.
         num_debug: examples the debugger runs.
+        outlier_percentile: as for :func:`to_tflite`; applied once, before the debugger ranks the
+            tensors, so the ranking and every trial see the same scaled graph.
 
     Returns:
         (bytes, record): ``record`` holds ``float_nodes`` (tensor names kept in float), the
@@ -475,6 +507,20 @@ def selective_int8(model, seq_length: int, representative, score: Callable[[byte
         the candidates (tensors of ``denylisted_ops`` types are not candidates: they are float
         already) and ``skipped_float_op_tensors``, how many were left out for that reason.
     """
+    config = ExportConfig(mode="int8", seq_length=seq_length, num_calibration=num_calibration,
+                          denylisted_ops=tuple(denylisted_ops), outlier_percentile=outlier_percentile)
+    samples = representative_features(representative, input_names_for(model), seq_length, num_calibration,
+                                       config.calibration_seed) if outlier_scaling_applies(config) else None
+    undo = _scale_outliers(model, config, samples)
+    try:
+        return _selective_int8_trials(model, seq_length, representative, score, reference, budget, denylisted_ops,
+                                      thresholds, num_calibration, num_debug, io_type, output_path)
+    finally:
+        undo()
+
+
+def _selective_int8_trials(model, seq_length, representative, score, reference, budget, denylisted_ops,
+                           thresholds, num_calibration, num_debug, io_type, output_path) -> tuple[bytes, dict]:
     all_rows = layer_errors(model, seq_length, representative, num_calibration=num_calibration, num_debug=num_debug)
     # The debugger quantizes every op; tensors of the op types kept in float anyway are not candidates
     # (on MiniLM the LayerNorm ops top the ranking, and keeping them "in float" again changed nothing).
