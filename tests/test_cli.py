@@ -80,6 +80,7 @@ def test_bad_flag_exits_2_naming_it(arguments, named, train_csv, capsys):
     ("train.batch_size=big", "train.batch_size"),
     ("export.modes=fp32,int4", "export.modes"),
     ("evaluate.accuracy_budget=-1", "evaluate.accuracy_budget"),
+    ("export.int8_outlier_percentile=150", "export.int8_outlier_percentile"),
     ("distill.alpha=2", "alpha"),
     ("train.epochs", "FIELD=VALUE"),
 ])
