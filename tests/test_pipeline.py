@@ -260,6 +260,9 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, stage_log,
     assert fp32["passed"] and fp32["agreement"] == 1.0  # fp32 conversion is exact on argmax
     prune_record = next(s for s in report["stages"] if s["name"] == "prune")
     assert prune_record["pruned_sparsity"] == pytest.approx(0.5, abs=0.02)
+    export_record = next(s for s in report["stages"] if s["name"] == "export")
+    # the default int8 artifact had its feed-forward outlier channels scaled (recorded); fp32 not
+    assert [a.get("outlier_percentile") for a in export_record["artifacts"]] == [None, 90.0]
     release = report["stages"][-1]
     assert "fp32" in release["released"]
     bundle = out / "release" / "fp32"

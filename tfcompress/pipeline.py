@@ -995,6 +995,10 @@ def export_stage(context: Context) -> dict:
         artifacts.append({"name": name, "path": str(path.relative_to(context.output_dir)), "format": "tflite",
                           "quantization": quantization, "seq_length": seq_length, "sparsity": sparsity,
                           "convert_seconds": seconds, **runtime.sizes(path)})
+        if name == "int8" and export.outlier_scaling_applies(export.ExportConfig(
+                mode="int8", denylisted_ops=tuple(cfg.int8_float_ops),
+                outlier_percentile=cfg.int8_outlier_percentile or None)):
+            artifacts[-1]["outlier_percentile"] = cfg.int8_outlier_percentile  # quantize.scale_outlier_channels
 
     selection = {}
     for mode in cfg.modes:
