@@ -324,8 +324,7 @@ def to_tflite(model, mode: str = "int8", seq_length: int = 128, representative=N
             raise ValueError(f"mode={config.mode!r} needs representative data to calibrate ranges")
         samples = representative_features(representative, names, config.seq_length,
                                            config.num_calibration, config.calibration_seed)
-    undo = _scale_outliers(model, config, samples)
-    try:  # the converter reads the variables at convert(), so the model stays scaled until then
+    with _outliers_scaled(model, config, samples):  # the converter reads the variables at convert()
         concrete = serving_function(model, config.seq_length, names,
                                     friendly=quantized_activations and config.quantization_friendly,
                                     attention_mask_floor=config.attention_mask_floor)
@@ -334,8 +333,6 @@ def to_tflite(model, mode: str = "int8", seq_length: int = 128, representative=N
             content = _selective_int8(converter, config)
         else:
             content = _convert(converter)
-    finally:
-        undo()
     check_builtin_only(content, allow_flex_ops=config.allow_flex_ops)
     if output_path is not None:
         atomic_write_bytes(output_path, content)
@@ -352,12 +349,19 @@ def outlier_scaling_applies(config: ExportConfig) -> bool:
             and {"MUL", "ADD"} <= set(config.denylisted_ops))
 
 
-def _scale_outliers(model, config: ExportConfig, samples) -> Callable[[], None]:
+@contextlib.contextmanager
+def _outliers_scaled(model, config: ExportConfig, samples):
+    """Within it, ``model`` has its outlier channels scaled when ``config`` asks for it; restored after."""
     if not outlier_scaling_applies(config):
-        return lambda: None
+        yield
+        return
     from tfcompress.quantize import scale_outlier_channels
 
-    return scale_outlier_channels(model, samples, config.outlier_percentile)
+    undo = scale_outlier_channels(model, samples, config.outlier_percentile)
+    try:
+        yield
+    finally:
+        undo()
 
 
 def _selective_int8(converter, config: ExportConfig) -> bytes:
@@ -514,44 +518,35 @@ def selective_int8(model, seq_length: int, representative, score: Callable[[byte
                           denylisted_ops=tuple(denylisted_ops), outlier_percentile=outlier_percentile)
     samples = representative_features(representative, input_names_for(model), seq_length, num_calibration,
                                        config.calibration_seed) if outlier_scaling_applies(config) else None
-    undo = _scale_outliers(model, config, samples)
-    try:
-        return _selective_int8_trials(model, seq_length, representative, score, reference, budget, denylisted_ops,
-                                      thresholds, num_calibration, num_debug, io_type, output_path)
-    finally:
-        undo()
-
-
-def _selective_int8_trials(model, seq_length, representative, score, reference, budget, denylisted_ops,
-                           thresholds, num_calibration, num_debug, io_type, output_path) -> tuple[bytes, dict]:
-    all_rows = layer_errors(model, seq_length, representative, num_calibration=num_calibration, num_debug=num_debug)
-    # The debugger quantizes every op; tensors of the op types kept in float anyway are not candidates
-    # (on MiniLM the LayerNorm ops top the ranking, and keeping them "in float" again changed nothing).
-    denied = set(denylisted_ops)
-    rows = [row for row in all_rows if row["op"] not in denied]
-    trials, content, nodes = [], b"", []
-    for threshold in (None, *thresholds):
-        candidate = [] if threshold is None else select_float_nodes(rows, threshold)
-        if trials and candidate == nodes:
-            continue
-        nodes = candidate
-        content = to_tflite(model, "int8", seq_length=seq_length, representative=representative,
-                            num_calibration=num_calibration, io_type=io_type, denylisted_ops=denylisted_ops,
-                            denylisted_nodes=nodes)
-        value = float(score(content))
-        trials.append({"threshold": threshold, "float_nodes": len(nodes), "metric": value})
-        log.info("selective int8: %d float tensors (error > %s steps): metric %.4f vs Keras %.4f", len(nodes),
-                 threshold, value, reference)
-        if reference - value <= budget + 1e-9:  # 0.935 - 0.930 is 0.00500000000000006
-            break
-    if output_path is not None:
-        atomic_write_bytes(output_path, content)
-    worst = [{"tensor": row["tensor"], "op": row["op"], "rmse_over_scale": round(row["rmse_over_scale"], 3)}
-             for row in rows[:10]]
-    record = {"float_nodes": nodes, "threshold": trials[-1]["threshold"], "met": reference - trials[-1]["metric"] <= budget + 1e-9,
-              "reference": reference, "budget": budget, "trials": trials, "worst_tensors": worst,
-              "skipped_float_op_tensors": len(all_rows) - len(rows)}
-    return content, record
+    with _outliers_scaled(model, config, samples):  # the ranking and every trial see the scaled graph
+        all_rows = layer_errors(model, seq_length, representative, num_calibration=num_calibration, num_debug=num_debug)
+        # The debugger quantizes every op; tensors of the op types kept in float anyway are not candidates
+        # (on MiniLM the LayerNorm ops top the ranking, and keeping them "in float" again changed nothing).
+        denied = set(denylisted_ops)
+        rows = [row for row in all_rows if row["op"] not in denied]
+        trials, content, nodes = [], b"", []
+        for threshold in (None, *thresholds):
+            candidate = [] if threshold is None else select_float_nodes(rows, threshold)
+            if trials and candidate == nodes:
+                continue
+            nodes = candidate
+            content = to_tflite(model, "int8", seq_length=seq_length, representative=representative,
+                                num_calibration=num_calibration, io_type=io_type, denylisted_ops=denylisted_ops,
+                                denylisted_nodes=nodes)
+            value = float(score(content))
+            trials.append({"threshold": threshold, "float_nodes": len(nodes), "metric": value})
+            log.info("selective int8: %d float tensors (error > %s steps): metric %.4f vs Keras %.4f", len(nodes),
+                     threshold, value, reference)
+            if reference - value <= budget + 1e-9:  # 0.935 - 0.930 is 0.00500000000000006
+                break
+        if output_path is not None:
+            atomic_write_bytes(output_path, content)
+        worst = [{"tensor": row["tensor"], "op": row["op"], "rmse_over_scale": round(row["rmse_over_scale"], 3)}
+                 for row in rows[:10]]
+        record = {"float_nodes": nodes, "threshold": trials[-1]["threshold"], "met": reference - trials[-1]["metric"] <= budget + 1e-9,
+                  "reference": reference, "budget": budget, "trials": trials, "worst_tensors": worst,
+                  "skipped_float_op_tensors": len(all_rows) - len(rows)}
+        return content, record
 
 
 __all__ = [

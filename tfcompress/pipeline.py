@@ -981,6 +981,9 @@ def export_stage(context: Context) -> dict:
     seq_length, rule = _export_seq_length(context, train)
     sparsity = round(prune.sparsity_report(model)["global"]["sparsity"], 6)
     artifacts = []
+    outlier_percentile = cfg.int8_outlier_percentile or None
+    outliers_scaled = export.outlier_scaling_applies(export.ExportConfig(
+        mode="int8", denylisted_ops=tuple(cfg.int8_float_ops), outlier_percentile=outlier_percentile))
 
     def finish(name, quantization, path, convert):
         marker = stage_dir / f"{name}.done.json"
@@ -995,10 +998,8 @@ def export_stage(context: Context) -> dict:
         artifacts.append({"name": name, "path": str(path.relative_to(context.output_dir)), "format": "tflite",
                           "quantization": quantization, "seq_length": seq_length, "sparsity": sparsity,
                           "convert_seconds": seconds, **runtime.sizes(path)})
-        if name == "int8" and export.outlier_scaling_applies(export.ExportConfig(
-                mode="int8", denylisted_ops=tuple(cfg.int8_float_ops),
-                outlier_percentile=cfg.int8_outlier_percentile or None)):
-            artifacts[-1]["outlier_percentile"] = cfg.int8_outlier_percentile  # quantize.scale_outlier_channels
+        if name == "int8" and outliers_scaled:
+            artifacts[-1]["outlier_percentile"] = outlier_percentile  # quantize.scale_outlier_channels
 
     selection = {}
     for mode in cfg.modes:
@@ -1015,7 +1016,7 @@ def export_stage(context: Context) -> dict:
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
             num_calibration=cfg.num_calibration, io_type=cfg.io_type if mode == "int8" else "float",
             denylisted_ops=cfg.int8_float_ops if mode == "int8" else (), output_path=path,
-            outlier_percentile=cfg.int8_outlier_percentile or None))
+            outlier_percentile=outlier_percentile))
     qat_manifest = read_manifest(context.output_dir, "qat")
     if "qat" in config.stages and qat_manifest and qat_manifest.get("model_dir"):
         path = stage_dir / "qat-int8.tflite"
