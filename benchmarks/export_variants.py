@@ -25,7 +25,7 @@ from _common import HERE, write_results
 from tfcompress.utils import atomic_write_json
 
 from tfcompress import data as data_module
-from tfcompress import export, metrics, models, runtime
+from tfcompress import export, metrics, models, quantize, runtime
 from tfcompress._compat import tf
 from tfcompress.pipeline import default_data_dir
 
@@ -60,6 +60,8 @@ VARIANTS = {
         "BATCH_MATMUL", "SOFTMAX"), "outlier_percentile": 90.0}, "tfcompress"),
     "int8-float-layernorm-matmul-softmax": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "SOFTMAX")}, "tfcompress"),
+    # all-integer with the scaling applied by hand (to_tflite applies it only with a float residual path)
+    "int8-outliers-by-hand": ("int8", {"scale_outliers_by_hand": 90.0}, "tfcompress"),
     "int16x8": ("int16x8", {}, "tfcompress"),
 }
 
@@ -67,8 +69,18 @@ VARIANTS = {
 def convert(model, name: str, path, seq_length: int, calibration, num_calibration: int) -> str:
     """Write variant ``name`` of :data:`VARIANTS` to ``path``; returns its quantization mode."""
     mode, kwargs, _ = VARIANTS[name]
-    export.to_tflite(model, mode, seq_length=seq_length, representative=calibration,
-                     num_calibration=num_calibration, output_path=path, **kwargs)
+    kwargs = dict(kwargs)
+    percentile = kwargs.pop("scale_outliers_by_hand", None)
+    undo = lambda: None  # noqa: E731
+    if percentile is not None:
+        samples = export.representative_features(calibration, export.input_names_for(model), seq_length,
+                                                  num_calibration)
+        undo = quantize.scale_outlier_channels(model, samples, percentile)
+    try:
+        export.to_tflite(model, mode, seq_length=seq_length, representative=calibration,
+                         num_calibration=num_calibration, output_path=path, **kwargs)
+    finally:
+        undo()
     return mode
 
 

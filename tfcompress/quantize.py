@@ -288,7 +288,7 @@ def scale_outlier_channels(model, features, percentile: float = DEFAULT_OUTLIER_
         log.info("outlier channel scaling: no feed-forward output blocks in %s, not applied",
                  type(model).__name__)
     maxima = ffn_output_maxima(model, features) if blocks else {}
-    saved, scaled = [], {}
+    saved, scaled, maxima_text = [], {}, {}
     for path, block in blocks:
         amax = maxima[path]
         target = float(np.percentile(amax, percentile))
@@ -308,6 +308,7 @@ def scale_outlier_channels(model, features, percentile: float = DEFAULT_OUTLIER_
         vars(block).pop("call", None)
         block.__class__ = _outlier_class(type(block))
         scaled[path] = int((scale > 1.0).sum())
+        maxima_text[path] = f"max {float(amax.max()):.1f}, median channel max {float(np.median(amax)):.2f}"
 
     def undo():
         for block, cls, instance_call, kernel, kernel_value, bias, bias_value in saved:
@@ -325,7 +326,7 @@ def scale_outlier_channels(model, features, percentile: float = DEFAULT_OUTLIER_
     if scaled:
         log.info("outlier channel scaling: %d feed-forward outputs, channels above their p%g max "
                  "scaled down (%s)", len(scaled), percentile,
-                 ", ".join(f"{path}: {count}" for path, count in scaled.items()))
+                 "; ".join(f"{path}: {count} ({maxima_text[path]})" for path, count in scaled.items()))
     return undo
 
 
