@@ -455,3 +455,20 @@ def test_distill_with_augmentation_teaches_on_unlabelled_texts(tiny_run, monkeyp
     assert record["teacher_cache"]["examples"] == train_examples + record["augmented_examples"]
     logged = [json.loads(line) for line in (out / "distill" / "metrics.jsonl").read_text().splitlines()]
     assert any(np.isfinite(row.get("train/distill/kd_loss", np.nan)) for row in logged)
+
+
+def test_atomic_write_removes_what_a_killed_writer_left(tmp_path):
+    import subprocess
+    import sys
+
+    from tfcompress.utils import atomic_write_json
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    stale = tmp_path / f".report.json.tmp-{int(dead.stdout)}"  # a writer killed mid-write
+    stale.write_text("{half")
+    live = tmp_path / f".report.json.tmp-{os.getpid()}x"  # not a PID: left alone
+    live.write_text("other")
+    atomic_write_json(tmp_path / "report.json", {"ok": True})
+    assert json.loads((tmp_path / "report.json").read_text()) == {"ok": True}
+    assert not stale.exists() and live.exists()

@@ -17,8 +17,22 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half.
+
+    Temporary files a killed writer left for the same path (``.name.tmp-PID`` of a dead process) are
+    removed after the write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
@@ -27,6 +41,10 @@ def atomic_write_bytes(path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if stale.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 def atomic_write_text(path, text: str) -> None:
