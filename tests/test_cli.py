@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from tfcompress import cli
@@ -129,3 +131,42 @@ def test_stage_command_builds_a_one_stage_config(train_csv, tmp_path):
     assert config.prune.final_sparsity == 0.8 and config.prune.prune_embeddings
     assert config.prune_train.epochs == 2.0
     assert config.data.eval_file == config.data.test_file == str(train_csv)
+
+
+def _tiny_artifact(path, seq_length=8):
+    """A one-matmul .tflite with the signature the runtime expects (input_ids -> logits)."""
+    from tfcompress._compat import tf
+
+    module = tf.Module()
+    module.weights = tf.Variable(np.random.default_rng(0).normal(size=(seq_length, 2)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, seq_length], tf.int32, name="input_ids")])
+    def serve(input_ids):
+        return {"logits": tf.matmul(tf.cast(input_ids, tf.float32), module.weights)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], module)
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_bench_rounds_report_the_median_of_each_round(tmp_path, capsys):
+    first = _tiny_artifact(tmp_path / "a.tflite")
+    second = _tiny_artifact(tmp_path / "b.tflite", seq_length=16)
+    assert cli.main(["bench", str(first), str(second), "--threads", "1,2", "--runs", "5", "--rounds", "3",
+                     "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["artifact"] for row in rows] == [str(first), str(second)]
+    assert [row["seq_length"] for row in rows] == [8, 16]
+    for row in rows:
+        assert row["rounds"] == 3
+        for threads in ("threads1", "threads2"):
+            stats = row["latency_ms"][threads]
+            assert 0 < stats["p50"] <= stats["p90"]
+
+
+def test_bench_zero_rounds_exits_2(tmp_path, capsys):
+    artifact = _tiny_artifact(tmp_path / "a.tflite")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", str(artifact), "--rounds", "0"])
+    assert exit_info.value.code == 2
+    assert "--rounds" in capsys.readouterr().err

@@ -204,6 +204,10 @@ def _bench_parser(subparsers) -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated interpreter thread counts")
     parser.add_argument("--runs", type=int, default=100, help="timed invocations per thread count")
     parser.add_argument("--warmup", type=int, default=10, help="untimed invocations first")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure the artifacts in turn this many times (A B C A B C ...) and report the "
+                             "median of each statistic over the rounds: a comparison that is fair when the "
+                             "machine's load drifts")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_bench, parser=parser)
 
@@ -216,8 +220,9 @@ def _bench(args) -> int:
         parser.error(f"--threads {args.threads!r}: expected comma-separated integers, e.g. 1,2")
     if not threads or min(threads) < 1:
         parser.error(f"--threads {args.threads!r}: thread counts must be >= 1")
-    if args.runs < 1 or args.warmup < 0:
-        parser.error(f"--runs {args.runs} / --warmup {args.warmup}: need runs >= 1 and warmup >= 0")
+    if args.runs < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error(f"--runs {args.runs} / --warmup {args.warmup} / --rounds {args.rounds}: need runs >= 1, "
+                     f"warmup >= 0 and rounds >= 1")
     paths = [Path(p) for p in args.artifacts]
     if args.run_dir:
         report_path = Path(args.run_dir) / "report.json"
@@ -232,14 +237,21 @@ def _bench(args) -> int:
         parser.error(f"no such artifact: {', '.join(missing)}")
     from tfcompress.runtime import TFLiteModel, sizes
 
+    import numpy as np
+
+    interpreters = {(path, count): TFLiteModel(path, num_threads=count) for path in paths for count in threads}
+    samples = {key: [] for key in interpreters}
+    for _ in range(args.rounds):
+        for key, model in interpreters.items():
+            samples[key].append(model.latency(warmup=args.warmup, runs=args.runs))
     results = []
     for path in paths:
-        row = {"artifact": str(path), **sizes(path), "latency_ms": {}}
+        row = {"artifact": str(path), **sizes(path), "latency_ms": {}, "rounds": args.rounds,
+               "seq_length": int(interpreters[(path, threads[0])].seq_length)}
         for count in threads:
-            model = TFLiteModel(path, num_threads=count)
-            row["seq_length"] = int(model.seq_length)
-            row["latency_ms"][f"threads{count}"] = {k: round(v, 3) for k, v in
-                                                   model.latency(warmup=args.warmup, runs=args.runs).items()}
+            rounds = samples[(path, count)]
+            row["latency_ms"][f"threads{count}"] = {k: round(float(np.median([r[k] for r in rounds])), 3)
+                                                   for k in rounds[0]}
         results.append(row)
     if args.json:
         print(json.dumps(results, indent=2))
