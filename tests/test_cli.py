@@ -159,9 +159,22 @@ def test_bench_rounds_report_the_median_of_each_round(tmp_path, capsys):
     assert [row["seq_length"] for row in rows] == [8, 16]
     for row in rows:
         assert row["rounds"] == 3
+        assert row["xnnpack"] is True and row["xnnpack_partitions"] == 1
         for threads in ("threads1", "threads2"):
             stats = row["latency_ms"][threads]
             assert 0 < stats["p50"] <= stats["p90"]
+
+
+def test_bench_without_xnnpack_runs_the_builtin_kernels(tmp_path, capsys):
+    from tfcompress import runtime
+
+    artifact = _tiny_artifact(tmp_path / "a.tflite")
+    assert runtime.xnnpack_partitions(artifact) == 1  # a float matmul: XNNPACK takes all of it
+    assert cli.main(["bench", str(artifact), "--threads", "1", "--runs", "3", "--no-xnnpack", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["xnnpack"] is False and row["latency_ms"]["threads1"]["p50"] > 0
+    interpreter = runtime.TFLiteModel(artifact, xnnpack=False).interpreter
+    assert not any(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())  # noqa: SLF001
 
 
 def test_bench_zero_rounds_exits_2(tmp_path, capsys):

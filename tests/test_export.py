@@ -501,3 +501,25 @@ def test_selective_int8_ranks_only_tensors_of_ops_that_are_still_int8():
     fully_connected = {row["tensor"] for row in export.layer_errors(model, SEQ_LENGTH, rows, num_calibration=32,
                                                                    num_debug=8) if row["op"] == "FULLY_CONNECTED"}
     assert record["float_nodes"] and not fully_connected & set(record["float_nodes"])
+
+
+def test_default_int8_float_ops_keep_the_graph_in_few_xnnpack_partitions(tmp_path):
+    """XNNPACK has no int8 SOFTMAX or GELU kernel: left in int8 they split the CPU graph around every
+    layer's softmax and GELU (14 partitions for the 6-layer MiniLM, 2.4 vs 1.9 ms at 2 threads);
+    the pipeline's default keeps them in float and the delegated graph in a few pieces (2 for
+    MiniLM; the tiny model's embedding GATHERs and pooler leave it 3)."""
+    from tfcompress.pipeline import ExportStageConfig
+
+    model = _model_with_spread()
+    default = tuple(ExportStageConfig().int8_float_ops)
+    assert {"SOFTMAX", "GELU"} <= set(default)
+    partitions = {}
+    for name, denylist in (("default", default),
+                           ("int8-softmax-gelu", tuple(op for op in default if op not in ("SOFTMAX", "GELU")))):
+        path = tmp_path / f"{name}.tflite"
+        export.to_tflite(model, "int8", seq_length=SEQ_LENGTH, representative=_rows(_features(16, seed=2)),
+                         denylisted_ops=denylist, output_path=path)
+        partitions[name] = runtime.xnnpack_partitions(path)
+    assert 1 <= partitions["default"] <= 3, partitions
+    # int8 SOFTMAX and GELU each split the graph in both of the tiny model's layers (measured 3 vs 7)
+    assert partitions["int8-softmax-gelu"] >= partitions["default"] + 4, partitions

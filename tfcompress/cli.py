@@ -197,7 +197,8 @@ def _bench_parser(subparsers) -> None:
         "bench", help="latency of .tflite artifacts (batch 1, warm-up excluded)", formatter_class=FORMATTER,
         description="Time .tflite artifacts with ai_edge_litert at batch 1: p50, p90 and mean over --runs "
                     "invocations after --warmup untimed ones, for each thread count. Inputs are all-ones token "
-                    "ids with a full attention mask at the artifact's own sequence length.")
+                    "ids with a full attention mask at the artifact's own sequence length. Also shows into how many "
+                    "pieces the XNNPACK delegate splits the graph (1: all of it runs in XNNPACK).")
     parser.add_argument("artifacts", nargs="*", help=".tflite files")
     parser.add_argument("--run-dir", default=None,
                         help="a run folder: benchmark every artifact listed in its report.json")
@@ -208,6 +209,9 @@ def _bench_parser(subparsers) -> None:
                         help="measure the artifacts in turn this many times (A B C A B C ...) and report the "
                              "median of each statistic over the rounds: a comparison that is fair when the "
                              "machine's load drifts")
+    parser.add_argument("--no-xnnpack", action="store_true",
+                        help="time LiteRT's builtin kernels only (without its default XNNPACK delegate): what "
+                             "a runtime without XNNPACK would run")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_bench, parser=parser)
 
@@ -235,11 +239,12 @@ def _bench(args) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         parser.error(f"no such artifact: {', '.join(missing)}")
-    from tfcompress.runtime import TFLiteModel, sizes
+    from tfcompress.runtime import TFLiteModel, sizes, xnnpack_partitions
 
     import numpy as np
 
-    interpreters = {(path, count): TFLiteModel(path, num_threads=count) for path in paths for count in threads}
+    interpreters = {(path, count): TFLiteModel(path, num_threads=count, xnnpack=not args.no_xnnpack)
+                    for path in paths for count in threads}
     samples = {key: [] for key in interpreters}
     for _ in range(args.rounds):
         for key, model in interpreters.items():
@@ -247,6 +252,7 @@ def _bench(args) -> int:
     results = []
     for path in paths:
         row = {"artifact": str(path), **sizes(path), "latency_ms": {}, "rounds": args.rounds,
+               "xnnpack": not args.no_xnnpack, "xnnpack_partitions": xnnpack_partitions(path),
                "seq_length": int(interpreters[(path, threads[0])].seq_length)}
         for count in threads:
             rounds = samples[(path, count)]
@@ -256,13 +262,13 @@ def _bench(args) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    header = "artifact | seq | MB | gzip MB | " + " | ".join(f"p50/p90 ms @{t} thr" for t in threads)
+    header = "artifact | seq | MB | gzip MB | XNNPACK pieces | " + " | ".join(f"p50/p90 ms @{t} thr" for t in threads)
     print(header)
     for row in results:
         cells = [f"{row['latency_ms'][f'threads{t}']['p50']:.2f}/{row['latency_ms'][f'threads{t}']['p90']:.2f}"
                  for t in threads]
         print(f"{row['artifact']} | {row['seq_length']} | {row['size_bytes'] / 1e6:.2f} | "
-              f"{row['gzip_bytes'] / 1e6:.2f} | " + " | ".join(cells))
+              f"{row['gzip_bytes'] / 1e6:.2f} | {row['xnnpack_partitions']} | " + " | ".join(cells))
     return 0
 
 

@@ -35,12 +35,13 @@ _INDEX_OPS = {"SHAPE", "CAST", "RESHAPE", "GATHER", "STRIDED_SLICE", "PACK", "UN
               "EXPAND_DIMS", "CONCATENATION", "TRANSPOSE", "SLICE"}
 
 
-def _interpreter(model, num_threads: int = 1):
-    from ai_edge_litert.interpreter import Interpreter
+def _interpreter(model, num_threads: int = 1, xnnpack: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if isinstance(model, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(model), num_threads=num_threads)
-    return Interpreter(model_path=str(model), num_threads=num_threads)
+        return Interpreter(model_content=bytes(model), num_threads=num_threads, experimental_op_resolver_type=resolver)
+    return Interpreter(model_path=str(model), num_threads=num_threads, experimental_op_resolver_type=resolver)
 
 
 class TFLiteModel:
@@ -50,12 +51,14 @@ class TFLiteModel:
         path: artifact file (or the flatbuffer bytes).
         num_threads: interpreter threads (XNNPACK delegate uses them too).
         signature_key: signature to run (``serving_default``).
+        xnnpack: apply LiteRT's default XNNPACK delegate (False: the builtin kernels only, what a
+            runtime without XNNPACK runs).
     """
 
-    def __init__(self, path, num_threads: int = 1, signature_key: str = "serving_default"):
+    def __init__(self, path, num_threads: int = 1, signature_key: str = "serving_default", xnnpack: bool = True):
         self.path = path
         self.num_threads = num_threads
-        self.interpreter = _interpreter(path, num_threads)
+        self.interpreter = _interpreter(path, num_threads, xnnpack)
         signatures = self.interpreter.get_signature_list()
         if signature_key not in signatures:
             raise ValueError(f"{path}: no signature {signature_key!r}; has {sorted(signatures)}")
@@ -203,6 +206,19 @@ def int8_kernel_count(model, op: str = "FULLY_CONNECTED") -> tuple[int, int]:
     return len(int8), len(rows)
 
 
+def xnnpack_partitions(model) -> int:
+    """How many pieces the CPU runtime's XNNPACK delegate takes the graph in (1: all of it).
+
+    Every op XNNPACK has no kernel for at its tensor types (on LiteRT 2.3 e.g. int8 SOFTMAX, int8
+    GELU and int8 BATCH_MATMUL) runs on LiteRT's builtin kernels instead and splits the graph
+    around it; each split costs a hand-over between the two at every invocation. 0: XNNPACK took
+    nothing (or is not in this runtime).
+    """
+    interpreter = _interpreter(model)
+    interpreter.allocate_tensors()  # the default delegate is applied here
+    return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())  # pylint: disable=protected-access
+
+
 def sizes(path) -> dict[str, int]:
     """``{"size_bytes", "gzip_bytes"}`` of a file (gzip level 9, as a download would see it)."""
     data = Path(path).read_bytes()
@@ -263,7 +279,8 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
     Returns:
         The record (see issue 4): name, path, format, quantization, seq_length, sparsity,
         size_bytes, gzip_bytes, metrics, agreement, latency_ms, float_ops, passed
-        (plus reference_metric and primary_metric for the reader).
+        (plus reference_metric and primary_metric for the reader, and xnnpack_partitions: how
+        many pieces the CPU runtime's XNNPACK delegate runs, see :func:`xnnpack_partitions`).
     """
     from tfcompress.metrics import compute_metrics, predict_logits, primary_metric
 
@@ -296,6 +313,7 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
         "agreement": _argmax_agreement(logits, keras_logits, data.labels, task),
         "latency_ms": latency,
         "float_ops": float_ops(path),
+        "xnnpack_partitions": xnnpack_partitions(path),
         "passed": parity_gate(metrics[metric_name], reference_metrics[metric_name], accuracy_budget),
         "primary_metric": metric_name,
         "reference_metric": float(reference_metrics[metric_name]),
