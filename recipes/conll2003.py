@@ -23,7 +23,11 @@ Expected results (that run; ``runs/conll-full`` and ``runs/conll-full-p2kd`` in 
 8"): finetune entity F1 0.8738 on test.txt (P 0.875, R 0.872), 0.9167 on dev.txt (the 2026-11-22
 run: 0.8743 / 0.9177); pruned 50 % 0.8662 (-0.76 pt; dev 0.9056); artifacts at seq 56 (Keras at seq
 56: 0.8647): fp32 and fp16 0.8647, dynamic 0.8650 (22.9 MB, 14.8 MB gzip) released; int8 0.8446
-(-2.01 pt) held back by the parity gate. A 3-layer student distilled from the 2026-11-22 model
+(-2.01 pt) held back by the parity gate then. With the int8 export of 2026-11-25 (outlier-channel
+scaling, session 9; SOFTMAX and GELU in float, session 10) the same pruned model's int8 scores
+0.8629 (23.2 MB; agreement with Keras 0.9961) and passes the gate (``--model
+runs/conll-full-p2kd/prune/model --stages export,evaluate --export int8``, RESULTS.md "Session 10").
+A 3-layer student distilled from the 2026-11-22 model
 (``--distill-from runs/conll2003/finetune/model --student-layers 3 --stages distill --set
 distill.cache_teacher=true``, 6 epochs): 0.8513 (dev 0.8999), 21 min with the test suite running
 beside it.
