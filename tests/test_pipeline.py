@@ -39,7 +39,8 @@ def _report_data():
         ],
         "artifacts": [
             {"name": "int8", "format": "tflite", "metrics": {"accuracy": 0.893}, "size_bytes": 1_000_000,
-             "gzip_bytes": 600_000, "sparsity": 0.5, "latency_ms": latency(1.0), "passed": True, "float_ops": []},
+             "gzip_bytes": 600_000, "sparsity": 0.5, "latency_ms": latency(1.0), "passed": True, "float_ops": [],
+             "xnnpack_partitions": 2},
             {"name": "int16x8", "format": "tflite", "metrics": {"accuracy": 0.85}, "size_bytes": 1_100_000,
              "gzip_bytes": 700_000, "sparsity": 0.5, "latency_ms": latency(3.0), "passed": False,
              "float_ops": ["GATHER x1"]},
@@ -62,6 +63,8 @@ def test_report_markdown_has_a_row_per_stage_model_and_artifact_with_deltas():
     assert "50.0%" in int8 and "1.50 ms" in int8 and "1.00 ms" in int8 and "| yes |" in int8
     assert "**no**" in rows[3]
     assert "int16x8: not released: failed the parity gate" in text
+    assert "## CPU runtime" in text and "- int8: 2" in text  # only artifacts that recorded it
+    assert "- int16x8:" not in text.split("## CPU runtime")[1]
 
 
 def test_report_without_finetune_measures_deltas_against_the_first_input_model():

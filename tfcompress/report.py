@@ -194,6 +194,14 @@ def render_markdown(data: dict) -> str:
     if floats:
         lines += ["", "## Ops left in float", ""]
         lines += [f"- {name}: {', '.join(ops)}" for name, ops in floats]
+    pieces = [(a["name"], a["xnnpack_partitions"]) for a in data.get("artifacts", [])
+              if a.get("xnnpack_partitions") is not None]
+    if pieces:
+        lines += ["", "## CPU runtime", "",
+                  "Pieces the XNNPACK delegate (LiteRT's default on CPU) runs the graph in: 1 = all of it; each "
+                  "further piece means ops XNNPACK has no kernel for at their types run on LiteRT's slower "
+                  "builtin kernels in between.", ""]
+        lines += [f"- {name}: {count}" for name, count in pieces]
     timings = [(s["name"], s.get("seconds")) for s in data.get("stages", []) if s.get("seconds") is not None]
     if timings:
         lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
