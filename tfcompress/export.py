@@ -54,8 +54,10 @@ DEFAULT_ATTENTION_MASK_FLOOR = -30.0
 # feed it. Keeping these in float (``denylisted_ops=LAYER_NORM_OPS``) is what makes int8 MiniLM
 # usable: the residual stream has outlier channels (range [-9, 222] after layer 0 of MiniLM-L6,
 # step 0.9 in int8 for values that are mostly within +-2), and the LayerNorm variance/rsqrt chain
-# loses 35-60 quantization steps per op (QuantizationDebugger, see issue 4 notes). The matmuls
-# (FULLY_CONNECTED, BATCH_MATMUL), SOFTMAX and GELU stay int8.
+# loses 35-60 quantization steps per op (QuantizationDebugger, see issue 4 notes). With this list
+# alone the matmuls (FULLY_CONNECTED, BATCH_MATMUL), SOFTMAX and GELU stay int8; the pipeline's
+# default (ExportStageConfig.int8_float_ops) also keeps BATCH_MATMUL, SOFTMAX and GELU in float, for
+# which XNNPACK has no int8 kernels (CPU latency; RESULTS.md "Session 10").
 LAYER_NORM_OPS = ("MEAN", "RSQRT", "ABS", "SQUARED_DIFFERENCE", "SUB", "MUL", "ADD")
 
 
