@@ -124,12 +124,11 @@ def main(argv=None):
     print(f"keras fp32: accuracy {keras_metrics['accuracy']:.4f}", flush=True)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.save_dir:
-            tmp = args.save_dir
-            Path(tmp).mkdir(parents=True, exist_ok=True)
+        out_dir = Path(args.save_dir or tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
         for name in [v for v in args.variants.split(",") if v]:
             mode, _, path_kind = VARIANTS[name]
-            path = Path(tmp) / f"{name}.tflite"
+            path = out_dir / f"{name}.tflite"
             try:
                 convert(model, name, path, args.seq_length, calibration, args.num_calibration)
             except Exception as error:  # record, keep measuring the others
