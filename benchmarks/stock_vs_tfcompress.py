@@ -8,7 +8,7 @@ examples:
   recipe's ``max_length`` (64 SST-2, 128 CoNLL; ``padding="max_length"``), ``model.compile(AdamW(5e-5))``
   with no loss and the labels inside the input dict (the HF TF model computes its own loss, -100
   masked for tokens: the HF-documented way), ``model.fit`` for ``--stock-epochs``, batch = the
-  recipe's. Then the stock converter, dynamic-range and full int8 (representative dataset,
+  recipe's, seeded with the recipe's ``train.seed`` as our finetune is. Then the stock converter, dynamic-range and full int8 (representative dataset,
   ``TFLITE_BUILTINS_INT8``, float I/O), the ``stock-*`` variants of benchmarks/export_variants.py.
 * tfcompress: the recipe (recipes/sst2.py, recipes/conll2003.py) through ``tfcompress.pipeline``,
   stages ``--tfc-stages``; its numbers are read from its report.json.
@@ -48,7 +48,7 @@ from _common import smoke_data_dir, smoke_model_dir, write_results
 from export_variants import convert
 from train_throughput import _FitTimer
 
-from tfcompress import models, pipeline, prune, runtime
+from tfcompress import models, pipeline, prune, runtime, utils
 from tfcompress._compat import keras
 
 TASKS = {"sst2": "sequence", "conll2003": "token"}
@@ -133,8 +133,14 @@ def recipe_config(task: str, args, output_dir, model, data_dir) -> pipeline.Reci
 
 
 def stock_path(context: pipeline.Context, seq_length: int, epochs: int, folder: Path) -> dict:
-    """Train, size, convert and evaluate the hand-made path; returns its records."""
+    """Train, size, convert and evaluate the hand-made path; returns its records.
+
+    Seeded with the recipe's ``train.seed`` (our finetune stage's seed) before the classifier is
+    initialised, so the stock model is the same whichever tfcompress stages ran (or were reused)
+    earlier in this process; without it its accuracy moved with their random-number use.
+    """
     config = context.config  # same files, caps, tokenizer and test encoding as the recipe
+    utils.set_seed(config.train.seed)
     train = context.encoded("train")
     features, labels = train.padded_batch(np.arange(len(train)), pad_to=config.data.max_length, truncate=True)
     model = models.load_model(config.model, task=config.task, labels=context.label_names)
@@ -144,6 +150,7 @@ def stock_path(context: pipeline.Context, seq_length: int, epochs: int, folder: 
     history = model.fit({**features, "labels": labels}, batch_size=config.train.batch_size, epochs=epochs,
                         shuffle=True, verbose=0, callbacks=[timer])
     training = {"examples": len(train), "epochs": epochs, "batch_size": config.train.batch_size,
+                "seed": config.train.seed,
                 "padded_length": config.data.max_length, "wall_seconds": time.perf_counter() - started,
                 "step_seconds": float(np.sum(timer.times)), "steps": len(timer.times),
                 "samples_per_second": len(train) * epochs / float(np.sum(timer.times)),
