@@ -50,6 +50,9 @@ validation split the three pruned models scored 0.9437, 0.9443 and 0.9460 (in th
 teacher's test-set gain is inside the noise there, pruning the embedding table cost nothing. Run-to-run
 spread is large: the same 2-epoch teacher config scored 0.8911 and 0.8956 in two runs (one test
 sentence is 0.11 pt).
+Beside the stock path (``python benchmarks/stock_vs_tfcompress.py --tasks sst2``, same run, both on
+seed 42, 2026-11-25 09:45 UTC): stock 1-epoch ``fit`` + dynamic-range 0.8991 (17.6 MB gzip); this
+chain's dynamic artifact is 1.95 pt below it at 0.45x its gzip size and 0.35x its latency.
 Other measured runs:
 * Student without augmentation (``--augment-copies 0 --distill-epochs 2``, the default until
   2026-11-24 evening; 44 min): student 0.8716, dynamic 0.8670, int8 0.8601 on the same teacher;
