@@ -8,8 +8,9 @@ examples:
   recipe's ``max_length`` (64 SST-2, 128 CoNLL; ``padding="max_length"``), ``model.compile(AdamW(5e-5))``
   with no loss and the labels inside the input dict (the HF TF model computes its own loss, -100
   masked for tokens: the HF-documented way), ``model.fit`` for ``--stock-epochs``, batch = the
-  recipe's, seeded with the recipe's ``train.seed`` as our finetune is. Then the stock converter, dynamic-range and full int8 (representative dataset,
-  ``TFLITE_BUILTINS_INT8``, float I/O), the ``stock-*`` variants of benchmarks/export_variants.py.
+  recipe's, seeded with the recipe's ``train.seed`` as our finetune is. Then the stock converter,
+  dynamic-range and full int8 (representative dataset, ``TFLITE_BUILTINS_INT8``, float I/O), the
+  ``stock-*`` variants of benchmarks/export_variants.py.
 * tfcompress: the recipe (recipes/sst2.py, recipes/conll2003.py) through ``tfcompress.pipeline``,
   stages ``--tfc-stages``; its numbers are read from its report.json.
 

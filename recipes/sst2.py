@@ -40,8 +40,9 @@ Expected results (that run, RESULTS.md "Session 10"): teacher 0.8911 on test.tsv
 student 0.8853; pruned 0.8796; trimmed 0.8819; artifacts at seq 44 (the trimmed Keras model scores
 0.8784 at that length): fp32 and fp16 0.8784, dynamic 0.8796 (14.2 MB, 7.9 MB gzip, p50 0.95 ms at 2
 threads), int8 0.8739 (14.3 MB, 7.5 MB gzip, 0.98 ms; agreement with Keras 0.9885) — all four
-released. A teacher of the same config and test accuracy (val 0.9463) gave a 0.8888 student in an earlier run (session 7; pruned 0.8830, trimmed
-0.8819, dynamic 0.8842): run-to-run spread of the distill and prune stages is about 0.4 pt.
+released. A teacher of the same config and test accuracy (val 0.9463) gave a 0.8888 student in an
+earlier run (session 7; pruned 0.8830, trimmed 0.8819, dynamic 0.8842): run-to-run spread of the
+distill and prune stages is about 0.4 pt.
 On that session-7 student (int8 numbers from the export before 2026-11-25), with the embedding table
 dense (``--no-prune-embeddings``): pruned 0.8865, dynamic 0.8842 at 9.2 MB gzip, int8 0.8727; without the
 teacher in the prune stage as well (``--prune-distill-alpha 1``, the default before 2026-11-24 night):

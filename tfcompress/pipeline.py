@@ -143,8 +143,8 @@ class ExportStageConfig:
             threads (stock dynamic-range 2.03 ms), agreement with Keras 0.9805 -> 0.9817 on the
             teacher, 0.9817 -> 0.9851 on the 50 %-pruned model, 0.9862 -> 0.9874 on the 3-layer
             student, 0.9958 -> 0.9961 / 0.9959 -> 0.9963 on the pruned / fine-tuned CoNLL models
-            (accuracy -0.81 / -0.57 / +0.34 pt, F1 +0.02 / -0.24: a few sentences either way). ``[]`` gives a full-integer artifact (for NPUs), at an
-            accuracy cost.
+            (accuracy -0.81 / -0.57 / +0.34 pt, F1 +0.02 / -0.24: a few sentences either way).
+            ``[]`` gives a full-integer artifact (for NPUs), at an accuracy cost.
         int8_select_budget: selective quantization of the ``int8`` artifact, in points of the primary
             metric (0 = off). When > 0, TFLite's QuantizationDebugger ranks every tensor by its int8
             error and the worst ones are kept in float (beyond ``int8_float_ops``), fewest first,
