@@ -475,3 +475,46 @@ def test_atomic_write_removes_what_a_killed_writer_left(tmp_path):
     atomic_write_json(tmp_path / "report.json", {"ok": True})
     assert json.loads((tmp_path / "report.json").read_text()) == {"ok": True}
     assert not stale.exists() and live.exists()
+
+
+def _saved_weights(folder: Path) -> dict:
+    from tfcompress.models import load_model
+
+    model = load_model(str(folder), task="sequence")
+    # keyed without the model's own (uniquified) name: run0's model is ..._1, run1's ..._3
+    return {weight.name.split("/", 1)[-1]: weight.numpy() for weight in model.weights}
+
+
+def test_two_runs_of_the_same_command_give_identical_weights(tiny_run, monkeypatch):
+    """The new head, the student and the data order all come from --seed, whatever the random state
+    before the run (a fresh head is drawn before the Trainer exists)."""
+    import random
+
+    from tfcompress._compat import tf
+
+    from transformers import TFBertModel
+
+    from conftest import tiny_config
+    from tfcompress.models import load_tokenizer, save_model
+
+    command, out = tiny_run
+    encoder_only = out.parent / "encoder-only"  # a pretrained checkpoint without a task head
+    model_dir = command[command.index("--model") + 1]
+    encoder = TFBertModel(tiny_config())
+    encoder(encoder.dummy_inputs)
+    save_model(encoder, load_tokenizer(model_dir), encoder_only)
+    command = command + ["--stages", "finetune,distill", "--student-layers", "1", "--model", str(encoder_only)]
+    folders = []
+    for index, noise in enumerate((1, 2)):
+        tf.random.set_seed(noise)
+        np.random.seed(noise)
+        random.seed(noise)
+        tf.random.uniform([noise])  # a different generator position too
+        target = out.parent / f"run{index}"
+        _in_process([part if part != str(out) else str(target) for part in command], monkeypatch)
+        folders.append(target)
+    for stage in ("finetune", "distill"):
+        first, second = (_saved_weights(folder / stage / "model") for folder in folders)
+        assert first.keys() == second.keys()
+        for name in first:
+            np.testing.assert_array_equal(first[name], second[name], err_msg=f"{stage}: {name}")

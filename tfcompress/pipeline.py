@@ -42,7 +42,7 @@ from tfcompress.distill import DistillConfig
 from tfcompress.prune import PruneConfig
 from tfcompress.report import Report, write_outputs
 from tfcompress.train import IGNORE_INDEX, TrainConfig
-from tfcompress.utils import atomic_dir, atomic_write_json, atomic_write_text, get_logger, to_json
+from tfcompress.utils import atomic_dir, atomic_write_json, atomic_write_text, get_logger, set_seed, to_json
 
 log = get_logger("pipeline")
 
@@ -555,6 +555,14 @@ def stage_hashes(config: RecipeConfig, canonical: bool = True) -> dict[str, str]
     return hashes
 
 
+TRAINING_SECTIONS = {"finetune": "train", "distill": "distill_train", "prune": "prune_train", "qat": "qat_train"}
+
+
+def stage_seed(config: RecipeConfig, name: str) -> int:
+    """The seed a stage starts from: its training section's ``seed`` (``train.seed`` for the others)."""
+    return getattr(config, TRAINING_SECTIONS.get(name, "train")).seed
+
+
 def run(config: RecipeConfig) -> Report:
     """Run ``config.stages`` in order, skipping finished ones; returns the final report.
 
@@ -576,6 +584,9 @@ def run(config: RecipeConfig) -> Report:
         _prepare_stage_dir(context.stage_dir(name), digest, accepted)
         log.info("stage %s: running (input model %s)", name, context.current_model)
         context.digest, context.accepted_digests = digest, accepted
+        # Seed right before the stage draws anything (new heads, the student, augmentation, data
+        # order), from the stage's own seed: a resumed or partial run seeds each stage as a full one.
+        set_seed(stage_seed(config, name))
         started = time.time()
         record = STAGES[name](context) or {}
         seconds = time.time() - started
