@@ -1,7 +1,6 @@
 """Shared benchmark plumbing: environment record, JSON output, RESULTS.md section."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -78,7 +77,7 @@ def smoke_model_dir(folder, task: str = "sequence", num_labels: int = 2) -> str:
     from transformers import BertTokenizerFast
 
     from tests.conftest import VOCAB, build_tiny_model
-    from tfcompress.models import save_model
+    from tfcompress.models.loading import save_model
 
     folder = Path(folder) / f"tiny-{task}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,15 +19,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from _common import HERE, write_results
 from tfcompress.utils import atomic_write_json
 
-from tfcompress import data as data_module
-from tfcompress import export, metrics, models, quantize, runtime
+from tfcompress.data import encoding
+from tfcompress.data import readers
+from tfcompress.config import constants
+from tfcompress.evaluate import gate
+from tfcompress.evaluate import metrics
+from tfcompress.export import rewrites
+from tfcompress.export import tflite
+from tfcompress.models import facts
+from tfcompress.models import loading
 from tfcompress._compat import tf
-from tfcompress.pipeline import default_data_dir
+from tfcompress.cli.options import default_data_dir
 
 VARIANTS = {
     # name: (mode, to_tflite keyword arguments, path)
@@ -37,32 +43,32 @@ VARIANTS = {
     "fp16": ("fp16", {}, "tfcompress"),
     "dynamic": ("dynamic", {}, "tfcompress"),
     "int8": ("int8", {}, "tfcompress"),
-    "int8-float-layernorm": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS}, "tfcompress"),
+    "int8-float-layernorm": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS}, "tfcompress"),
     # which half of the LayerNorm group costs the accuracy: its internals, or the residual ADDs
-    "int8-float-layernorm-not-add": ("int8", {"denylisted_ops": tuple(op for op in export.LAYER_NORM_OPS if op != "ADD")},
+    "int8-float-layernorm-not-add": ("int8", {"denylisted_ops": tuple(op for op in constants.LAYER_NORM_OPS if op != "ADD")},
                                      "tfcompress"),
     "int8-float-add": ("int8", {"denylisted_ops": ("ADD",)}, "tfcompress"),
     # + the attention matmuls in float: LiteRT's CPU int8 BATCH_MATMUL is slow next to XNNPACK's float one
-    "int8-float-layernorm-matmul": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + ("BATCH_MATMUL",)},
+    "int8-float-layernorm-matmul": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + ("BATCH_MATMUL",)},
                                     "tfcompress"),
     # where the rest of the int8 error sits (mean-pooling head, 2026-11-24): the pooling SUM, or the
     # int8 activations of the Dense layers (FULLY_CONNECTED in float = dynamic-range-like)
-    "int8-float-layernorm-matmul-sum": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + ("BATCH_MATMUL", "SUM")},
+    "int8-float-layernorm-matmul-sum": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + ("BATCH_MATMUL", "SUM")},
                                         "tfcompress"),
-    "int8-float-layernorm-matmul-fc": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + (
+    "int8-float-layernorm-matmul-fc": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "FULLY_CONNECTED")}, "tfcompress"),
     # the pipeline's default int8 (session 9): the feed-forward outputs' outlier channels scaled down
-    # before conversion and back up in float (quantize.scale_outlier_channels), with and without
+    # before conversion and back up in float (rewrites.scale_outlier_channels), with and without
     # SOFTMAX in float too
-    "int8-float-layernorm-matmul-outliers": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + ("BATCH_MATMUL",),
+    "int8-float-layernorm-matmul-outliers": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + ("BATCH_MATMUL",),
                                                       "outlier_percentile": 90.0}, "tfcompress"),
-    "int8-float-layernorm-matmul-softmax-outliers": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + (
+    "int8-float-layernorm-matmul-softmax-outliers": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "SOFTMAX"), "outlier_percentile": 90.0}, "tfcompress"),
-    "int8-float-layernorm-matmul-softmax": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + (
+    "int8-float-layernorm-matmul-softmax": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "SOFTMAX")}, "tfcompress"),
     # + GELU in float (session 10, latency): XNNPACK runs neither int8 SOFTMAX nor int8 GELU, so each one
     # splits the delegated graph (14 partitions for the 6-layer model); with both in float it is 2
-    "int8-float-layernorm-matmul-softmax-gelu-outliers": ("int8", {"denylisted_ops": export.LAYER_NORM_OPS + (
+    "int8-float-layernorm-matmul-softmax-gelu-outliers": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "SOFTMAX", "GELU"), "outlier_percentile": 90.0}, "tfcompress"),
     # all-integer with the scaling applied by hand (to_tflite applies it only with a float residual path)
     "int8-outliers-by-hand": ("int8", {"scale_outliers_by_hand": 90.0}, "tfcompress"),
@@ -77,11 +83,11 @@ def convert(model, name: str, path, seq_length: int, calibration, num_calibratio
     percentile = kwargs.pop("scale_outliers_by_hand", None)
     undo = lambda: None  # noqa: E731
     if percentile is not None:
-        samples = export.representative_features(calibration, export.input_names_for(model), seq_length,
+        samples = tflite.representative_features(calibration, facts.model_input_names(model), seq_length,
                                                   num_calibration)
-        undo = quantize.scale_outlier_channels(model, samples, percentile)
+        undo = rewrites.scale_outlier_channels(model, samples, percentile)
     try:
-        export.to_tflite(model, mode, seq_length=seq_length, representative=calibration,
+        tflite.to_tflite(model, mode, seq_length=seq_length, representative=calibration,
                          num_calibration=num_calibration, output_path=path, **kwargs)
     finally:
         undo()
@@ -102,17 +108,17 @@ def main(argv=None):
                              "time them again with `tfcompress bench --rounds`")
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir or default_data_dir("sst2"))
-    tokenizer = models.load_tokenizer(args.model)
-    model = models.load_model(args.model)
+    tokenizer = loading.load_tokenizer(args.model)
+    model = loading.load_model(args.model)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    train = data_module.read_text_classification(data_dir / "train.tsv", label_names=label_names)
-    test = data_module.read_text_classification(data_dir / "test.tsv", label_names=label_names)
+    train = readers.read_text_classification(data_dir / "train.tsv", label_names=label_names)
+    test = readers.read_text_classification(data_dir / "test.tsv", label_names=label_names)
     if args.max_test_samples:
-        test = data_module.TextClassificationExamples(test.texts[:args.max_test_samples],
+        test = readers.TextClassificationExamples(test.texts[:args.max_test_samples],
                                                       test.labels[:args.max_test_samples], label_names, "head")
-    calibration = data_module.encode(tokenizer, data_module.TextClassificationExamples(
+    calibration = encoding.encode(tokenizer, readers.TextClassificationExamples(
         train.texts[:5000], train.labels[:5000], label_names, "train head"), max_length=args.seq_length)
-    test_data = data_module.encode(tokenizer, test, max_length=args.seq_length)
+    test_data = encoding.encode(tokenizer, test, max_length=args.seq_length)
 
     @tf.function(reduce_retracing=True)
     def keras_predict(features):
@@ -135,7 +141,7 @@ def main(argv=None):
                 rows[name] = {"path": path_kind, "error": f"{type(error).__name__}: {str(error)[:300]}"}
                 print(f"{name}: failed: {rows[name]['error']}", flush=True)
                 continue
-            record = runtime.artifact_record(name, path, test_data, keras_logits, keras_metrics, quantization=mode,
+            record = gate.artifact_record(name, path, test_data, keras_logits, keras_metrics, quantization=mode,
                                              seq_length=args.seq_length, latency_runs=args.latency_runs)
             record["path"] = path_kind
             rows[name] = record

@@ -2,7 +2,7 @@
 """How cost grows: TFLite latency vs sequence length, and Trainer throughput vs batch size.
 
 Latency: for each length L in ``--lengths`` and mode in ``--modes``, the model is exported with
-tfcompress's own ``export.to_tflite`` exactly as the pipeline's export stage does (int8 with the
+tfcompress's own ``tflite.to_tflite`` exactly as the pipeline's export stage does (int8 with the
 pipeline's default float ops, ``ExportStageConfig().int8_float_ops``; calibration on
 ``--calibration-samples`` SST-2 training sentences) and run with ``tfcompress.runtime`` at batch 1,
 ``--threads`` threads, full-length input, ``--latency-warmup`` untimed then ``--runs`` timed runs.
@@ -32,9 +32,14 @@ import numpy as np
 from _common import fit_power_law, smoke_data_dir, smoke_model_dir, write_results
 from train_throughput import ours_round
 
-from tfcompress import data as data_module
-from tfcompress import export, models, runtime
-from tfcompress.pipeline import ExportStageConfig, default_data_dir
+from tfcompress.data import encoding
+from tfcompress.data import readers
+from tfcompress.evaluate import runtime
+from tfcompress.export import tflite
+from tfcompress.models import facts
+from tfcompress.models import loading
+from tfcompress.config.recipe import ExportStageConfig
+from tfcompress.cli.options import default_data_dir
 
 
 def _ints(text: str) -> list[int]:
@@ -82,7 +87,7 @@ def measure_latency(model, calibration, lengths, modes, threads, runs, warmup, f
     for length in lengths:
         for mode in modes:
             path = Path(folder) / f"{mode}-{length}.tflite"
-            export.to_tflite(model, mode, seq_length=length,
+            tflite.to_tflite(model, mode, seq_length=length,
                              representative=calibration if mode in ("int8", "int16x8") else None,
                              num_calibration=len(calibration), denylisted_ops=float_ops if mode == "int8" else (),
                              output_path=path)
@@ -110,16 +115,16 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         model_path = smoke_model_dir(tmp) if args.smoke and not args.model else args.model
         data_dir = Path(args.data_dir or (smoke_data_dir(tmp, "sst2") if args.smoke else default_data_dir("sst2")))
-        examples = data_module.read_text_classification(data_dir / "train.tsv")
+        examples = readers.read_text_classification(data_dir / "train.tsv")
         order = np.random.default_rng(0).permutation(len(examples))
         count = max(args.batches) * (args.steps + args.warmup) + args.calibration_samples
         picked = [order[i % len(order)] for i in range(count)]
-        sample = data_module.TextClassificationExamples([examples.texts[i] for i in picked],
+        sample = readers.TextClassificationExamples([examples.texts[i] for i in picked],
                                                         [examples.labels[i] for i in picked],
                                                         examples.label_names, "sst2 train sample")
-        model = models.load_model(model_path, task="sequence", labels=examples.label_names)
-        encoded = data_module.encode(models.load_tokenizer(model_path), sample, max_length=max(args.lengths),
-                                     input_names=models.model_input_names(model))
+        model = loading.load_model(model_path, task="sequence", labels=examples.label_names)
+        encoded = encoding.encode(loading.load_tokenizer(model_path), sample, max_length=max(args.lengths),
+                                     input_names=facts.model_input_names(model))
         calibration = encoded.select(np.arange(args.calibration_samples))
         train = encoded.select(np.arange(args.calibration_samples, len(encoded)))
         latency = measure_latency(model, calibration, args.lengths, modes, args.threads, args.runs,
@@ -129,7 +134,7 @@ def main(argv=None):
     fits = {mode: fit_power_law(args.lengths, [latency[mode][L]["latency_ms"]["p50"] for L in args.lengths])
             for mode in modes}
     throughput_fit = fit_power_law(args.batches, [throughput[b]["samples_per_second"] for b in args.batches])
-    result = {"settings": vars(args), "model": model_path or models.DEFAULT_MODEL,
+    result = {"settings": vars(args), "model": model_path or loading.DEFAULT_MODEL,
               "latency": {mode: {str(L): r for L, r in rows.items()} for mode, rows in latency.items()},
               "latency_fit": fits,
               "throughput": {str(b): r for b, r in throughput.items()}, "throughput_fit": throughput_fit,

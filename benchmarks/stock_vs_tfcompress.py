@@ -4,7 +4,7 @@
 Per task (SST-2 accuracy, CoNLL-2003 entity F1), from the same starting model and the same training
 examples:
 
-* stock: ``models.load_model`` (so the safetensors workaround applies), every example padded to the
+* stock: ``loading.load_model`` (so the safetensors workaround applies), every example padded to the
   recipe's ``max_length`` (64 SST-2, 128 CoNLL; ``padding="max_length"``), ``model.compile(AdamW(5e-5))``
   with no loss and the labels inside the input dict (the HF TF model computes its own loss, -100
   masked for tokens: the HF-documented way), ``model.fit`` for ``--stock-epochs``, batch = the
@@ -16,7 +16,7 @@ examples:
 
 Every stock artifact is converted at the length the stock model was trained at (what that user ships;
 ``--stock-seq-length`` to change it) and each path is scored at its own artifacts' length
-with ``runtime.artifact_record`` on the same test set (metric, size raw/gzip). Latency: after both
+with ``gate.artifact_record`` on the same test set (metric, size raw/gzip). Latency: after both
 paths are built, every artifact of both is timed again here, batch 1, 1 and 2 threads, in
 ``--latency-rounds`` interleaved rounds (p50 = median over rounds), so the ratios compare numbers taken
 side by side; the evaluate stage's own figures stay in the JSON as ``pipeline_latency_ms``.
@@ -49,8 +49,16 @@ from _common import smoke_data_dir, smoke_model_dir, write_results
 from export_variants import convert
 from train_throughput import _FitTimer
 
-from tfcompress import models, pipeline, prune, runtime, utils
+from tfcompress import utils
+from tfcompress.compress import prune
+from tfcompress.config import recipe
+from tfcompress.evaluate import gate
+from tfcompress.evaluate import runtime
+from tfcompress.models import loading
+from tfcompress.pipeline import runner
 from tfcompress._compat import keras
+from tfcompress.pipeline.stages import common
+from tfcompress.cli import options
 
 TASKS = {"sst2": "sequence", "conll2003": "token"}
 STOCK_ARTIFACTS = ("stock-dynamic", "stock-int8")
@@ -109,11 +117,11 @@ def parse_args(argv=None):
     return args
 
 
-def recipe_config(task: str, args, output_dir, model, data_dir) -> pipeline.RecipeConfig:
+def recipe_config(task: str, args, output_dir, model, data_dir) -> recipe.RecipeConfig:
     """The recipe's config exactly as its command line would build it."""
-    recipe = importlib.import_module(f"recipes.{task}")
+    module = importlib.import_module(f"tfcompress.recipes.{task}")
     parser = argparse.ArgumentParser()
-    pipeline.add_recipe_arguments(parser, recipe.DEFAULTS)
+    options.add_recipe_arguments(parser, module.DEFAULTS)
     argv = ["--output-dir", str(output_dir), "--max-train-samples", str(args.max_train_samples),
             "--set", f"evaluate.latency_runs={args.latency_runs}",
             "--set", f"evaluate.latency_warmup={args.latency_warmup}"]
@@ -123,17 +131,17 @@ def recipe_config(task: str, args, output_dir, model, data_dir) -> pipeline.Reci
     argv += ["--data-dir", str(data_dir)] if data_dir else []
     if args.smoke:  # two artifacts keep it short; --set export.modes=... overrides
         argv += ["--smoke", "--export", "dynamic,int8", "--set", f"data.max_eval_samples={args.max_test_samples}"]
-        if "distill" in recipe.DEFAULTS.stages:  # the tiny model has 2 blocks
+        if "distill" in module.DEFAULTS.stages:  # the tiny model has 2 blocks
             argv += ["--student-layers", "1"]
-        if "trim" in recipe.DEFAULTS.stages:  # the tiny vocabulary is below any keep_first: really trim it
+        if "trim" in module.DEFAULTS.stages:  # the tiny vocabulary is below any keep_first: really trim it
             argv += ["--trim-keep-first", "0"]
     argv += ["--set", f"data.max_test_samples={args.max_test_samples}"] if args.max_test_samples else []
     for assignment in args.set:
         argv += ["--set", assignment]
-    return pipeline.config_from_args(parser.parse_args(argv), recipe.DEFAULTS, recipe.FILES, task)
+    return options.config_from_args(parser.parse_args(argv), module.DEFAULTS, module.FILES, task)
 
 
-def stock_path(context: pipeline.Context, seq_length: int, epochs: int, folder: Path) -> dict:
+def stock_path(context: runner.Context, seq_length: int, epochs: int, folder: Path) -> dict:
     """Train, size, convert and evaluate the hand-made path; returns its records.
 
     Seeded with the recipe's ``train.seed`` (our finetune stage's seed) before the classifier is
@@ -144,7 +152,7 @@ def stock_path(context: pipeline.Context, seq_length: int, epochs: int, folder: 
     utils.set_seed(config.train.seed)
     train = context.encoded("train")
     features, labels = train.padded_batch(np.arange(len(train)), pad_to=config.data.max_length, truncate=True)
-    model = models.load_model(config.model, task=config.task, labels=context.label_names)
+    model = loading.load_model(config.model, task=config.task, labels=context.label_names)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01))  # HF's internal loss
     timer = _FitTimer()
     started = time.perf_counter()
@@ -157,10 +165,10 @@ def stock_path(context: pipeline.Context, seq_length: int, epochs: int, folder: 
                 "samples_per_second": len(train) * epochs / float(np.sum(timer.times)),
                 "loss_per_epoch": [float(v) for v in history.history["loss"]]}
     print(f"stock fit: {training['samples_per_second']:.1f} samples/s", flush=True)
-    models.save_model(model, context.tokenizer(), folder / "stock-keras")
+    loading.save_model(model, context.tokenizer(), folder / "stock-keras")
     sizes = prune.saved_size(folder / "stock-keras")
-    keras_logits, keras_metrics = pipeline._test_logits_and_metrics(context, model, seq_length)
-    keras_record = {"metrics": pipeline._scalars(keras_metrics), "size_bytes": sizes["raw"],
+    keras_logits, keras_metrics = common.test_logits_and_metrics(context, model, seq_length)
+    keras_record = {"metrics": common.scalars(keras_metrics), "size_bytes": sizes["raw"],
                     "gzip_bytes": sizes["gzip"]}
     test, cfg = context.encoded("test", seq_length), config.evaluate
     artifacts = {}
@@ -171,7 +179,7 @@ def stock_path(context: pipeline.Context, seq_length: int, epochs: int, folder: 
         except Exception as error:  # record it, measure the others
             artifacts[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
             continue
-        artifacts[name] = runtime.artifact_record(
+        artifacts[name] = gate.artifact_record(
             name, path, test, keras_logits, keras_metrics, quantization=mode, seq_length=seq_length,
             task=config.task, accuracy_budget=cfg.accuracy_budget, latency_runs=cfg.latency_runs,
             latency_warmup=cfg.latency_warmup, batch_size=cfg.batch_size)
@@ -199,7 +207,7 @@ def same_run_latency(artifacts: dict[str, tuple[Path, dict]], runs: int, warmup:
             for name, per_thread in rounds_seen.items()}
 
 
-def _artifact_inputs(context: pipeline.Context, ours: pipeline.Context, stock_dir: Path, stock: dict,
+def _artifact_inputs(context: runner.Context, ours: runner.Context, stock_dir: Path, stock: dict,
                      output_dir: Path, report: dict) -> dict[str, tuple[Path, object, int]]:
     """Every measurable artifact of both paths: (path, the test split encoded for it, its length).
 
@@ -241,7 +249,7 @@ def paired_difference(correct: np.ndarray, base_correct: np.ndarray, resamples: 
 def paired_vs_stock(artifacts: dict[str, tuple[Path, object, int]]) -> dict:
     """Per-example correctness of every artifact (classification; ``artifacts`` from
     :func:`_artifact_inputs`), each paired with ``stock-dynamic``."""
-    from tfcompress.metrics import predict_logits
+    from tfcompress.evaluate.metrics import predict_logits
 
     correct = {}
     for name, (path, test, length) in artifacts.items():
@@ -351,8 +359,8 @@ def run_task(task: str, args, folder: Path) -> dict:
     output_dir = Path(args.output_dir) / task if args.output_dir else folder / f"tfcompress-{task}"
     config = recipe_config(task, args, output_dir, model, data_dir)
     started = time.time()
-    report = pipeline.run(config)
-    pipeline.print_summary(report, output_dir)
+    report = runner.run(config)
+    options.print_summary(report, output_dir)
     tfc_seconds = time.time() - started
     export_stage = report.stage("export")
     if not export_stage:
@@ -362,10 +370,10 @@ def run_task(task: str, args, folder: Path) -> dict:
     stock_dir = folder / f"stock-{task}"
     stock_dir.mkdir()
     started = time.time()
-    context = pipeline.Context(config)  # the starting model's tokenisation: the stock path's
+    context = runner.Context(config)  # the starting model's tokenisation: the stock path's
     stock = stock_path(context, stock_seq_length, args.stock_epochs, stock_dir)
     stock["seconds"] = time.time() - started
-    ours = pipeline.Context(config)
+    ours = runner.Context(config)
     ours.current_model = export_stage["source_model"]  # its tokenizer: a trim stage renumbers the ids
     inputs = _artifact_inputs(context, ours, stock_dir, stock, output_dir, report.data)
     latency = same_run_latency({name: (path, test.padded_batch(np.arange(1), pad_to=length)[0])

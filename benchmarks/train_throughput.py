@@ -22,11 +22,14 @@ import numpy as np
 
 from _common import percentiles, write_results
 
-from tfcompress import data as data_module
-from tfcompress import models
-from tfcompress._compat import keras, tf
-from tfcompress.pipeline import default_data_dir
-from tfcompress.train import Hook, TrainConfig, Trainer
+from tfcompress.data import encoding
+from tfcompress.data import readers
+from tfcompress.models import facts
+from tfcompress.models import loading
+from tfcompress._compat import keras
+from tfcompress.cli.options import default_data_dir
+from tfcompress.config.training import TrainConfig
+from tfcompress.train.trainer import Hook, Trainer
 
 
 class _StepTimer(Hook):
@@ -55,7 +58,7 @@ class _FitTimer(keras.callbacks.Callback):
 def stock_round(model, tokenizer, texts, labels, batch_size, steps, warmup, max_length):
     n = batch_size * (steps + warmup)
     encoded = tokenizer(texts[:n], padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
-    inputs = {k: encoded[k] for k in models.model_input_names(model)}
+    inputs = {k: encoded[k] for k in facts.model_input_names(model)}
     timer = _FitTimer()
     model.fit(inputs, np.asarray(labels[:n]), batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
               callbacks=[timer])
@@ -73,7 +76,7 @@ def ours_round(model, data, batch_size, steps, warmup, output_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--model", default=models.DEFAULT_MODEL)
+    parser.add_argument("--model", default=loading.DEFAULT_MODEL)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -81,20 +84,20 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="interleaved stock/ours rounds")
     args = parser.parse_args(argv)
     data_dir = args.data_dir or default_data_dir("sst2")
-    examples = data_module.read_text_classification(f"{data_dir}/train.tsv")
+    examples = readers.read_text_classification(f"{data_dir}/train.tsv")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(examples))
     texts = [examples.texts[i] for i in order]
     labels = [examples.labels[i] for i in order]
-    tokenizer = models.load_tokenizer(args.model)
+    tokenizer = loading.load_tokenizer(args.model)
     n = args.batch_size * (args.steps + args.warmup)
-    subset = data_module.TextClassificationExamples(texts[:n], labels[:n], examples.label_names, "sst2 sample")
-    encoded = data_module.encode(tokenizer, subset, max_length=args.max_length)
+    subset = readers.TextClassificationExamples(texts[:n], labels[:n], examples.label_names, "sst2 sample")
+    encoded = encoding.encode(tokenizer, subset, max_length=args.max_length)
 
-    stock_model = models.load_model(args.model, labels=examples.label_names)
+    stock_model = loading.load_model(args.model, labels=examples.label_names)
     stock_model.compile(optimizer=keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    our_model = models.load_model(args.model, labels=examples.label_names)
+    our_model = loading.load_model(args.model, labels=examples.label_names)
     stock_times, our_times = [], []
     import tempfile
 

@@ -5,7 +5,6 @@ Nothing is downloaded: every model here is randomly initialised from a config sm
 """
 from __future__ import annotations
 
-import os
 import string
 from pathlib import Path
 

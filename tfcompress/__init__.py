@@ -1,44 +1,35 @@
 """tfcompress: fine-tune, prune, quantize, distil and export Hugging Face TF encoders to TFLite.
 
-Importing tfcompress selects tf_keras (Keras 2) for TensorFlow before anything else imports it;
-see :mod:`tfcompress._compat`.
+The package follows the data flow: ``data`` -> ``models`` -> ``train`` -> ``compress`` (prune, distill,
+qat) -> ``export`` -> ``evaluate`` -> ``release``; ``pipeline`` chains them as resumable stages and
+``cli`` is the ``tfcompress`` command. Importing tfcompress selects tf_keras (Keras 2) for TensorFlow
+before anything else imports it (:mod:`tfcompress._compat`).
+
+Example::
+
+    import tfcompress as tfc
+
+    tokenizer = tfc.load_tokenizer()                       # packaged all-MiniLM-L6-v2
+    train = tfc.read_text_classification("train.tsv")       # header: sentence<TAB>label
+    model = tfc.load_model(labels=train.label_names)
+    trainer = tfc.Trainer(model, "sequence", tfc.TrainConfig(epochs=1), "runs/mine/finetune")
+    trainer.fit(tfc.encode(tokenizer, train, max_length=64))
+    tfc.prune.apply(model, tfc.PruneConfig(final_sparsity=0.5), total_steps=1000)
 """
-from tfcompress._compat import keras, tf, versions  # noqa: F401  (must come first)
-from tfcompress.data import (
-    DataError,
-    EncodedData,
-    encode,
-    read_conll,
-    read_text_classification,
-)
-from tfcompress.metrics import compute_metrics, evaluate, primary_metric
-from tfcompress.models import (
-    DEFAULT_MODEL,
-    ModelLoadError,
-    ModelNotFoundError,
-    encoder_dense_layers,
-    find_layers,
-    load_model,
-    load_tokenizer,
-    replace_layer,
-    save_model,
-)
-from tfcompress import distill, export, heads, prune, quantize, runtime, vocab  # noqa: F401  (technique modules)
-from tfcompress.distill import DistillConfig, Distiller, make_student
+from tfcompress._compat import keras, tf, versions  # noqa: F401  (must come first: selects tf_keras)
+from tfcompress.compress import distill, prune, qat
+from tfcompress.config import DataConfig, DistillConfig, PruneConfig, QATConfig, RecipeConfig, TrainConfig
+from tfcompress.data import DataError, EncodedData, encode, read_conll, read_text_classification
+from tfcompress.evaluate import TFLiteModel, compute_metrics, evaluate, primary_metric
 from tfcompress.export import to_tflite
-from tfcompress.pipeline import DataConfig, RecipeConfig, run
-from tfcompress.prune import PruneConfig
-from tfcompress.quantize import QATConfig
-from tfcompress.runtime import TFLiteModel
-from tfcompress.report import Report
-from tfcompress.train import Hook, TrainConfig, Trainer
+from tfcompress.models import DEFAULT_MODEL, load_model, load_tokenizer, make_student, save_model
+from tfcompress.train import Hook, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_MODEL", "DataConfig", "DistillConfig", "Distiller", "PruneConfig", "QATConfig", "TFLiteModel",
-    "distill", "export", "heads", "make_student", "prune", "quantize", "runtime", "to_tflite", "vocab", "DataError", "EncodedData", "Hook", "ModelLoadError", "ModelNotFoundError",
-    "RecipeConfig", "Report", "TrainConfig", "Trainer", "compute_metrics", "encode", "encoder_dense_layers",
-    "evaluate", "find_layers", "load_model", "load_tokenizer", "primary_metric", "read_conll",
-    "read_text_classification", "replace_layer", "run", "save_model", "versions",
+    "DEFAULT_MODEL", "DataConfig", "DataError", "DistillConfig", "EncodedData", "Hook", "PruneConfig", "QATConfig",
+    "RecipeConfig", "TFLiteModel", "TrainConfig", "Trainer", "compute_metrics", "distill", "encode", "evaluate",
+    "keras", "load_model", "load_tokenizer", "make_student", "primary_metric", "prune", "qat", "read_conll",
+    "read_text_classification", "save_model", "tf", "to_tflite", "versions",
 ]

@@ -65,4 +65,5 @@ def versions() -> dict[str, str]:
     return out
 
 
+
 __all__ = ["tf", "keras", "check_keras_object", "versions"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tfcompress.utils import atomic_write_json
+from tfcompress._compat import tf
+from tfcompress.utils import atomic_write_json, atomic_write_text
 
 
 class Report:
@@ -27,7 +28,6 @@ class Report:
         path: the report file (``OUTPUT/report.json``).
         data: its parsed content.
     """
-
     FILENAME = "report.json"
 
     def __init__(self, path, data: dict):
@@ -274,8 +274,6 @@ def write_outputs(data: dict, output_dir, tensorboard: bool = True) -> dict:
 
     Returns ``{"markdown": path, "plot": path or None}``.
     """
-    from tfcompress.utils import atomic_write_text
-
     output_dir = Path(output_dir)
     markdown = render_markdown(data)
     atomic_write_text(output_dir / "report.md", markdown)
@@ -292,8 +290,6 @@ def _tensorboard_summary(data: dict, markdown: str, logdir: Path) -> None:
     Stage scalars are tagged ``stage/<stage>/<metric>`` with the stage's position in the chain as the
     step; artifact scalars ``artifact/<name>/<metric>`` (plus latency and gzip size) at step 0.
     """
-    from tfcompress._compat import tf
-
     writer = tf.summary.create_file_writer(str(logdir))
     with writer.as_default():
         tf.summary.text("report", markdown, step=len(data.get("stages", [])))

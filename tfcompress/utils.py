@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from tfcompress._compat import tf
 
 
 def _tmp_name(path: Path) -> Path:
@@ -101,8 +104,6 @@ def atomic_dir(final_dir):
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow (op-level seeds stay TF's own)."""
-    from tfcompress._compat import tf
-
     random.seed(seed)
     np.random.seed(seed)
     tf.random.set_seed(seed)
@@ -118,3 +119,16 @@ def get_logger(name: str) -> logging.Logger:
         root.setLevel(logging.INFO)
         root.propagate = False
     return logger
+
+
+def is_tty() -> bool:
+    """Whether stderr is a terminal (progress bars only then)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def gzip_size(data: bytes) -> int:
+    """Bytes after gzip level 9: what a download of ``data`` costs."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))

@@ -1,0 +1,41 @@
+"""Slow tier: the real packaged model on the real data in ../shared/data (``pytest -m slow``).
+
+Minutes each on 2 CPU cores; the full acceptance runs are the recipes themselves (README).
+"""
+from __future__ import annotations
+
+import pytest
+
+from tfcompress.data import encoding
+from tfcompress.data import readers
+from tfcompress.evaluate import metrics
+from tfcompress.models import loading
+from tfcompress.config.training import TrainConfig
+from tfcompress.train.trainer import Trainer
+
+pytestmark = pytest.mark.slow
+
+
+def test_minilm_learns_sst2_from_2000_sentences(tmp_path, shared_data):
+    tokenizer = loading.load_tokenizer()
+    train = readers.read_text_classification(shared_data / "sst2" / "train.tsv")
+    test = readers.read_text_classification(shared_data / "sst2" / "test.tsv", label_names=train.label_names)
+    subset = readers.TextClassificationExamples(train.texts[:2000], train.labels[:2000], train.label_names, "head")
+    model = loading.load_model(labels=train.label_names)
+    trainer = Trainer(model, "sequence", TrainConfig(epochs=1, learning_rate=1e-4), tmp_path / "finetune")
+    trainer.fit(encoding.encode(tokenizer, subset, max_length=64))
+    result = metrics.evaluate(trainer.predict_fn(), encoding.encode(tokenizer, test, max_length=64))
+    assert result["accuracy"] > 0.80
+
+
+def test_minilm_token_classifier_finds_conll_entities(tmp_path, shared_data):
+    tokenizer = loading.load_tokenizer()
+    train = readers.read_conll(shared_data / "conll2003" / "train.txt")
+    dev = readers.read_conll(shared_data / "conll2003" / "dev.txt", label_names=train.label_names)
+    subset = readers.TokenClassificationExamples(train.words[:2000], train.tags[:2000], train.label_names, "head")
+    model = loading.load_model(task="token", labels=train.label_names)
+    trainer = Trainer(model, "token", TrainConfig(epochs=1, learning_rate=1e-4), tmp_path / "finetune")
+    trainer.fit(encoding.encode(tokenizer, subset, max_length=128))
+    dev_subset = readers.TokenClassificationExamples(dev.words[:500], dev.tags[:500], dev.label_names, "head")
+    result = metrics.evaluate(trainer.predict_fn(), encoding.encode(tokenizer, dev_subset, max_length=128))
+    assert result["f1"] > 0.5

@@ -1,0 +1,2 @@
+"""The ``tfcompress`` command."""
+from tfcompress.cli.commands import main  # noqa: F401

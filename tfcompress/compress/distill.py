@@ -1,0 +1,443 @@
+"""Knowledge distillation: a frozen teacher guides a smaller trainable student.
+
+The pieces:
+
+* :class:`DistillConfig` - loss weights, temperature (constant or linearly scheduled), layer map,
+  teacher-output caching.
+* :class:`Distiller` - a ``keras.Model`` holding the frozen ``teacher`` and the trainable ``student``
+  (plus, when widths differ, the learned hidden-state projections). ``call()`` returns the student's
+  logits; :meth:`Distiller.loss_fn` is the ``loss_fn`` the :class:`~tfcompress.train.Trainer` calls
+  inside its training step, so TensorBoard, checkpoints, resume, pruning and QAT hooks all apply
+  unchanged. Only the student and the projections are in ``trainable_variables``: the teacher is set
+  ``trainable=False`` and its outputs pass through ``tf.stop_gradient`` (the keras-io issue 257
+  distiller trained the teacher; ``test_distiller_updates_student_not_teacher`` guards against it).
+* :func:`make_student` - a student from the teacher by keeping a subset of its layers
+  (DistilBERT-style initialisation), or a fresh, smaller configuration of the teacher's architecture.
+  Any other Hugging Face TF model with the same tokenizer can be passed to ``Distiller`` directly.
+
+Loss, per training step (``T`` = temperature, ``alpha`` = task weight)::
+
+    loss = alpha * CE(labels, student)
+         + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+         + hidden_loss_weight    * mean over mapped layers of MSE(proj(student_hidden), teacher_hidden)
+         + attention_loss_weight * mean over mapped layers of KL(teacher_attention || student_attention)
+
+The ``T^2`` factor keeps the soft-target gradients on the same scale as the hard-target ones when ``T``
+changes (Hinton et al. 2015). For the token task, the CE and KL terms average over the positions that
+carry a label (``labels != -100``) and are not padding; the hidden-state and attention terms average over
+every non-padding position (the representations of sub-tokens and ``[CLS]`` are what the student has to
+learn to reproduce, as in TinyBERT / TextBrewer), never over padding.
+
+Example::
+
+    from tfcompress.compress import distill
+    from tfcompress.config import training
+    from tfcompress.models import student
+    from tfcompress.train import trainer
+    student = student.make_student(teacher, num_layers=3)          # layers 0, 2, 5 of a 6-layer teacher
+    config = training.DistillConfig(temperature=4.0, alpha=0.5, hidden_loss_weight=1.0)
+    distiller = distill.Distiller(teacher, student, config)
+    distiller.cache_teacher_outputs(train_data)                    # optional (config.cache_teacher)
+    trainer = trainer.Trainer(distiller, "sequence", training.TrainConfig(epochs=3), "out/distill",
+                            hooks=distill.hooks(distiller), loss_fn=distiller.loss_fn)
+    trainer.fit(train_data, eval_data)
+    loading.save_model(distiller.student, tokenizer, "out/student")
+
+Caveats:
+
+* Teacher and student must share the tokenizer (same vocabulary, same positions); :class:`Distiller`
+  checks that the vocabulary sizes agree.
+* Hugging Face TF models return attention probabilities *after* attention dropout, so with
+  ``attention_loss_weight > 0`` a student trained with ``attention_probs_dropout_prob > 0`` is compared
+  with dropped-out rows; a warning is logged. Set it to 0 in the student config for attention matching.
+* Cached teacher outputs live in non-trainable ``tf.Variable`` objects that are *not* tracked by the
+  Distiller (not saved in checkpoints: they are recomputed from the teacher). They are read through
+  ``features["example_index"]``; the Trainer must add that key for the training set (see
+  :meth:`Distiller.cache_teacher_outputs`). The ragged gather that reads them is not XLA-compilable.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from tfcompress._compat import keras, tf
+from tfcompress.compress.teacher_cache import TeacherCache
+from tfcompress.config.constants import EXAMPLE_INDEX_KEY, IGNORE_INDEX
+from tfcompress.config.training import DistillConfig
+from tfcompress.models import facts
+from tfcompress.train.trainer import Hook
+from tfcompress.utils import get_logger
+
+logger = get_logger("distill")
+
+def uniform_layer_map(teacher_layers: int, student_layers: int) -> tuple[tuple[int, int], ...]:
+    """``(teacher_layer, student_layer)`` pairs, 1-based: student ``j`` <- teacher ``round(j*Lt/Ls)``.
+
+    6 -> 3 gives ((2, 1), (4, 2), (6, 3)); 12 -> 4 gives ((3, 1), (6, 2), (9, 3), (12, 4)); the last
+    student layer always meets the last teacher layer. Rounding is half-up.
+    """
+    if student_layers < 1 or teacher_layers < 1:
+        raise ValueError(f"layer counts must be >= 1, got teacher={teacher_layers}, "
+                         f"student={student_layers}")
+    return tuple(((2 * j * teacher_layers + student_layers) // (2 * student_layers), j)
+                 for j in range(1, student_layers + 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# loss terms (pure functions on tensors; the reference formula is tested against numpy)
+# --------------------------------------------------------------------------------------------------
+
+def _masked_mean(values, mask):
+    mask = tf.cast(mask, values.dtype)
+    return tf.reduce_sum(values * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def kd_loss(student_logits, teacher_logits, temperature, mask=None):
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over examples / masked positions.
+
+    Args:
+        student_logits (tf.Tensor): ``[B, C]`` or ``[B, T, C]``.
+        teacher_logits (tf.Tensor): same shape.
+        temperature (float | tf.Variable): the softmax temperature.
+        mask (tf.Tensor | None): ``[B]`` or ``[B, T]``, 1 where the position counts.
+    """
+    student_logits = tf.cast(student_logits, tf.float32)
+    teacher_logits = tf.cast(teacher_logits, tf.float32)
+    temperature = tf.cast(temperature, tf.float32)
+    log_p_teacher = tf.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    log_p_student = tf.nn.log_softmax(student_logits / temperature, axis=-1)
+    kl = tf.reduce_sum(tf.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+    if mask is None:
+        mask = tf.ones_like(kl)
+    return temperature * temperature * _masked_mean(kl, mask)
+
+
+def task_loss(logits, labels, mask):
+    """Sparse cross-entropy averaged over the positions where ``mask`` is 1."""
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    safe_labels = tf.where(tf.cast(mask, tf.bool), labels, tf.zeros_like(labels))
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+    return _masked_mean(ce, mask)
+
+
+def logit_losses(student_logits, teacher_logits, labels, padding_mask, task, alpha, temperature):
+    """``alpha * CE + (1 - alpha) * T^2 * KL`` on logits, with its unweighted terms by name.
+
+    Args:
+        student_logits (tf.Tensor): ``[B, C]`` (sequence) or ``[B, T, C]`` (token).
+        teacher_logits (tf.Tensor | None): same shape; may be None when ``alpha == 1``.
+        labels (tf.Tensor): ``[B]`` or ``[B, T]``; ``-100`` = ignored.
+        padding_mask (tf.Tensor): ``[B, T]``, 1 on real tokens (used by the token task).
+        task (str): ``"sequence"`` or ``"token"``.
+        alpha (float): task-loss weight.
+        temperature (float | tf.Variable): KL temperature.
+
+    Returns:
+        ``(weighted_sum, {"distill/task_loss": CE, "distill/kd_loss": T^2 * KL})``. Token task: both
+        average over positions with a label that are not padding; nothing else reaches the loss.
+        Sequence task: CE averages over the examples with a label, KL over every example (augmented
+        texts carry ``IGNORE_INDEX`` and only the teacher's soft label).
+    """
+    labels = tf.cast(labels, tf.int32)
+    mask = tf.cast(tf.not_equal(labels, IGNORE_INDEX), tf.float32)
+    kd_mask = None
+    if task == "token":
+        mask *= tf.cast(padding_mask, tf.float32)
+        kd_mask = mask
+    terms = {"distill/task_loss": task_loss(student_logits, labels, mask)}
+    total = alpha * terms["distill/task_loss"]
+    if alpha < 1.0:
+        terms["distill/kd_loss"] = kd_loss(student_logits, teacher_logits, temperature, kd_mask)
+        total += (1.0 - alpha) * terms["distill/kd_loss"]
+    return total, terms
+
+
+def hidden_mse(student_hidden, teacher_hidden, padding_mask):
+    """Mean squared error per element over non-padding positions (``[B, T, H]`` each, mask ``[B, T]``)."""
+    diff = tf.cast(student_hidden, tf.float32) - tf.cast(teacher_hidden, tf.float32)
+    per_token = tf.reduce_mean(tf.square(diff), axis=-1)
+    return _masked_mean(per_token, padding_mask)
+
+
+def attention_kl(student_attention, teacher_attention, padding_mask, epsilon=1e-9):
+    """KL(teacher row || student row) of attention distributions ``[B, heads, T, T]``.
+
+    Averaged over heads and non-padding query rows; padding keys carry ~0 probability in both (the
+    models mask them). With different head counts both sides are averaged over heads first.
+    """
+    student_attention = tf.cast(student_attention, tf.float32)
+    teacher_attention = tf.cast(teacher_attention, tf.float32)
+    if student_attention.shape[1] != teacher_attention.shape[1]:
+        student_attention = tf.reduce_mean(student_attention, axis=1, keepdims=True)
+        teacher_attention = tf.reduce_mean(teacher_attention, axis=1, keepdims=True)
+    kl = tf.reduce_sum(teacher_attention * (tf.math.log(teacher_attention + epsilon)
+                                            - tf.math.log(student_attention + epsilon)), axis=-1)
+    heads = tf.shape(kl)[1]
+    mask = tf.tile(tf.cast(padding_mask, tf.float32)[:, None, :], [1, heads, 1])
+    return _masked_mean(kl, mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers on Hugging Face models
+# --------------------------------------------------------------------------------------------------
+
+def _select_inputs(features: dict, names: Sequence[str]) -> dict:
+    return {name: features[name] for name in names if name in features}
+
+
+def _padding_mask(features):
+    if "attention_mask" in features:
+        return tf.cast(features["attention_mask"], tf.float32)
+    return tf.ones_like(tf.cast(features["input_ids"], tf.float32))
+
+
+# --------------------------------------------------------------------------------------------------
+# the distiller
+# --------------------------------------------------------------------------------------------------
+
+class Distiller(keras.Model):
+    """A frozen teacher and a trainable student, trained through the Trainer's step via :meth:`loss_fn`.
+
+    Args:
+        teacher (transformers.TFPreTrainedModel): fine-tuned teacher (sequence or token classifier).
+            Set to ``trainable=False`` here; it always runs with ``training=False`` (no dropout).
+        student (transformers.TFPreTrainedModel): the model to train; same tokenizer and labels.
+            Pruning / QAT wrappers may be applied to it before or after wrapping.
+        config (DistillConfig): loss weights, temperature, layer map, caching.
+        task (str | None): ``"sequence"`` or ``"token"``; inferred from the logits rank when None.
+
+    Attributes:
+        teacher, student: the two models. ``student`` is what gets saved after training.
+        distill_config (DistillConfig): the config given.
+        temperature (tf.Variable): current temperature (non-trainable; set by :class:`TemperatureHook`).
+        layer_map (tuple[tuple[int, int], ...]): resolved ``(teacher_layer, student_layer)`` pairs.
+        hidden_projections (list[keras.layers.Dense | None]): per pair, the learned student->teacher
+            width projection (None when the widths agree). Trainable variables of the Distiller,
+            not of the student, so they are not saved with the student.
+    """
+
+    def __init__(self, teacher, student, config: DistillConfig | None = None, task: str | None = None,
+                 name: str = "distiller", **kwargs):
+        super().__init__(name=name, **kwargs)
+        config = config or DistillConfig()
+        if not isinstance(config, DistillConfig):
+            raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
+        if teacher is student:
+            raise ValueError("teacher and student are the same model object; build the student with "
+                             "make_student(teacher, ...) (it copies weights) or pass another model")
+        if task not in (None, "sequence", "token"):
+            raise ValueError(f"task={task!r}: must be 'sequence', 'token' or None (inferred)")
+        facts.ensure_built(teacher)
+        facts.ensure_built(student)
+        shared = {id(v) for v in teacher.weights} & {id(v) for v in student.weights}
+        if shared:
+            raise ValueError(f"teacher and student share {len(shared)} variables; training the student "
+                             "would change the teacher. Build the student with make_student().")
+        teacher_vocab = getattr(teacher.config, "vocab_size", None)
+        student_vocab = getattr(student.config, "vocab_size", None)
+        if teacher_vocab != student_vocab:
+            raise ValueError(f"teacher vocab_size={teacher_vocab} != student vocab_size={student_vocab}: "
+                             "distillation needs both to read the same tokenisation")
+        if teacher.config.num_labels != student.config.num_labels:
+            raise ValueError(f"teacher has {teacher.config.num_labels} labels, student "
+                             f"{student.config.num_labels}; they must predict the same label set")
+
+        self.distill_config = config
+        self.task = task
+        teacher.trainable = False
+        self.teacher = teacher
+        self.student = student
+        self.teacher_input_names = facts.model_input_names(teacher)
+        self.student_input_names = facts.model_input_names(student)
+        self.temperature = tf.Variable(float(config.temperature), trainable=False, dtype=tf.float32,
+                                       name="temperature")
+
+        teacher_layers, student_layers = facts.num_layers(teacher), facts.num_layers(student)
+        if config.layer_map is None:
+            layer_map = uniform_layer_map(teacher_layers, student_layers)
+        else:
+            layer_map = config.layer_map
+            for t, s in layer_map:
+                if t > teacher_layers or s > student_layers:
+                    raise ValueError(f"DistillConfig.layer_map={layer_map!r}: pair ({t}, {s}) is out of "
+                                     f"range (teacher has {teacher_layers} layers, student "
+                                     f"{student_layers}; 0 = embeddings)")
+        self.layer_map = tuple(layer_map)
+        # Attention maps exist for blocks only (index 0 = embeddings has none).
+        self.attention_pairs = tuple((t, s) for t, s in self.layer_map if t >= 1 and s >= 1)
+        if config.needs_attentions and not self.attention_pairs:
+            raise ValueError(f"DistillConfig.layer_map={self.layer_map!r}: attention_loss_weight > 0 "
+                             "needs at least one pair of blocks (numbers >= 1)")
+
+        teacher_width, student_width = facts.hidden_size(teacher), facts.hidden_size(student)
+        projections = []
+        if config.needs_hidden_states and teacher_width != student_width:
+            for t, s in self.layer_map:
+                dense = keras.layers.Dense(teacher_width, name=f"hidden_projection_t{t}_s{s}")
+                dense.build((None, None, student_width))  # variables exist before the optimizer is built
+                projections.append(dense)
+        self.hidden_projections = projections  # tracked list: part of trainable_variables
+
+        if config.needs_attentions:
+            dropout = getattr(student.config, "attention_probs_dropout_prob",
+                              getattr(student.config, "attention_dropout", 0.0))
+            if dropout:
+                logger.warning("attention_loss_weight > 0 but the student's attention dropout is %s: HF "
+                               "models return attention probabilities after dropout, so the attention "
+                               "KL sees dropped rows. Set it to 0 in the student config.", dropout)
+        self._cache = None  # a plain object, not tracked: cached outputs are not checkpointed
+
+    # -- Keras -------------------------------------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        """The student's logits for ``inputs`` (a features dict; extra keys are ignored)."""
+        outputs = self.student(_select_inputs(inputs, self.student_input_names), training=training)
+        return outputs.logits
+
+    def get_config(self):  # pragma: no cover - save the student with loading.save_model instead
+        raise NotImplementedError("Distiller is not serialisable as a whole; save distiller.student")
+
+    # -- forward passes ----------------------------------------------------------------------------
+
+    def _teacher_outputs_live(self, features) -> dict:
+        config = self.distill_config
+        outputs = self.teacher(_select_inputs(features, self.teacher_input_names), training=False,
+                               output_hidden_states=config.needs_hidden_states,
+                               output_attentions=config.needs_attentions)
+        result = {"logits": tf.stop_gradient(tf.cast(outputs.logits, tf.float32))}
+        if config.needs_hidden_states:
+            result["hidden"] = [tf.stop_gradient(tf.cast(outputs.hidden_states[t], tf.float32))
+                                for t, _ in self.layer_map]
+        if config.needs_attentions:
+            result["attention"] = [tf.stop_gradient(tf.cast(outputs.attentions[t - 1], tf.float32))
+                                   for t, _ in self.attention_pairs]
+        return result
+
+    def teacher_outputs(self, features) -> dict:
+        """Teacher logits (and mapped hidden states / attentions): from the cache when ``features``
+        carries ``example_index`` and a cache exists, else from a live forward pass."""
+        if self._cache is not None and EXAMPLE_INDEX_KEY in features:
+            return self._cache.lookup(features)
+        return self._teacher_outputs_live(features)
+
+    def _infer_task(self, logits) -> str:
+        if self.task is not None:
+            return self.task
+        return "token" if logits.shape.rank == 3 else "sequence"
+
+    # -- the Trainer's loss ------------------------------------------------------------------------
+
+    def loss_fn(self, model, features, labels, training):
+        """Distillation loss for the Trainer: ``(loss, student_logits, {term name: value})``.
+
+        Args:
+            model: the model the Trainer drives (this Distiller; ignored otherwise).
+            features (dict[str, tf.Tensor]): ``[B, T]`` int inputs, optionally ``example_index`` ``[B]``.
+            labels (tf.Tensor): ``[B]`` (sequence) or ``[B, T]`` with -100 ignored (token).
+            training (bool): dropout on for the student; the teacher always runs in inference mode.
+
+        Returns the weighted total, the student's logits, and the unweighted terms
+        ``distill/task_loss``, ``distill/kd_loss`` (already times T^2), ``distill/hidden_loss``,
+        ``distill/attention_loss`` (the last two only when their weight is > 0).
+        """
+        del model  # the Distiller is the model; the argument exists for the Trainer's signature
+        config = self.distill_config
+        student_out = self.student(_select_inputs(features, self.student_input_names), training=training,
+                                   output_hidden_states=config.needs_hidden_states,
+                                   output_attentions=config.needs_attentions)
+        student_logits = tf.cast(student_out.logits, tf.float32)
+        task = self._infer_task(student_logits)
+        padding = _padding_mask(features)
+        needs_teacher = config.alpha < 1.0 or config.needs_hidden_states or config.needs_attentions
+        teacher = self.teacher_outputs(features) if needs_teacher else {"logits": None}
+        total, terms = logit_losses(student_logits, teacher["logits"], labels, padding, task,
+                                    config.alpha, self.temperature)
+        if config.needs_hidden_states:
+            values = []
+            for k, (t, s) in enumerate(self.layer_map):
+                hidden = student_out.hidden_states[s]
+                if self.hidden_projections:
+                    hidden = self.hidden_projections[k](hidden)
+                values.append(hidden_mse(hidden, teacher["hidden"][k], padding))
+            terms["distill/hidden_loss"] = tf.add_n(values) / len(values)
+            total += config.hidden_loss_weight * terms["distill/hidden_loss"]
+        if config.needs_attentions:
+            values = [attention_kl(student_out.attentions[s - 1], teacher["attention"][k], padding)
+                      for k, (t, s) in enumerate(self.attention_pairs)]
+            terms["distill/attention_loss"] = tf.add_n(values) / len(values)
+            total += config.attention_loss_weight * terms["distill/attention_loss"]
+        return total, student_out.logits, terms
+
+    # -- teacher cache -----------------------------------------------------------------------------
+
+    def cache_teacher_outputs(self, data, batch_size: int = 32) -> dict:
+        """Run the teacher once over ``data`` (an EncodedData) and keep what the loss needs.
+
+        Afterwards :meth:`loss_fn` reads the teacher's outputs for example ``i`` of ``data`` whenever the
+        batch's features carry ``example_index`` (int32 ``[B]``, the rows of ``data`` in the batch);
+        batches without it (evaluation) still run the teacher live. The Trainer adds the key for the
+        training set when ``model.needs_example_index`` is true. A lookup checks that the cached
+        lengths equal the batch's ``attention_mask`` sums, so indices into another dataset fail loudly.
+
+        Returns ``{"examples", "tokens", "megabytes"}``. Raises ValueError when the cache would exceed
+        ``config.cache_max_megabytes`` (hidden states and attention maps grow with every token).
+        """
+        self._cache = None
+        self._cache = TeacherCache.build(self, data, batch_size)
+        summary = {"examples": self._cache.num_examples, "tokens": self._cache.num_tokens,
+                   "megabytes": round(self._cache.nbytes / 2**20, 2)}
+        logger.info("cached teacher outputs: %s", summary)
+        return summary
+
+    def clear_teacher_cache(self) -> None:
+        self._cache = None
+
+    @property
+    def needs_example_index(self) -> bool:
+        """True when the Trainer should add ``features["example_index"]`` to training batches."""
+        return self._cache is not None
+
+    # -- hooks and reporting -----------------------------------------------------------------------
+
+    def hooks(self) -> list:
+        """Hooks the Trainer must run for this Distiller (the temperature schedule)."""
+        return [TemperatureHook(self)]
+
+    def describe(self) -> dict:
+        """Teacher / student sizes, the layer map and the config, for report.json."""
+        return {
+            "teacher_layers": facts.num_layers(self.teacher), "student_layers": facts.num_layers(self.student),
+            "teacher_params": facts.count_params(self.teacher), "student_params": facts.count_params(self.student),
+            "teacher_hidden_size": facts.hidden_size(self.teacher),
+            "student_hidden_size": facts.hidden_size(self.student),
+            "layer_map": [list(pair) for pair in self.layer_map],
+            "hidden_projection": bool(self.hidden_projections),
+            "teacher_cached": self._cache is not None,
+            "config": dataclasses.asdict(self.distill_config),
+        }
+
+
+class TemperatureHook(Hook):
+    """Sets ``distiller.temperature`` before every optimizer step from the config's schedule."""
+
+    def __init__(self, distiller: Distiller):
+        self.distiller = distiller
+
+    def _update(self, trainer, step):
+        total = int(getattr(trainer, "total_steps", 0) or 1)
+        self.distiller.temperature.assign(self.distiller.distill_config.temperature_at(step, total))
+
+    def on_train_begin(self, trainer):
+        self._update(trainer, int(getattr(trainer, "global_step", 0) or 0))
+
+    def on_step_begin(self, trainer, step):
+        self._update(trainer, step)
+
+    def summaries(self, trainer, step):
+        return {"distill/temperature": float(self.distiller.temperature.numpy())}
+
+
+def hooks(distiller: Distiller) -> list:
+    """The Trainer hooks a Distiller needs (same verb as the technique modules' ``hooks``)."""
+    return distiller.hooks()

@@ -1,0 +1,297 @@
+"""RecipeConfig: one section per stage, validated together, saved as ``OUTPUT/config.json``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from tfcompress.config.constants import EXPORT_MODES, STAGE_ORDER
+from tfcompress.config.training import DistillConfig, PruneConfig, TrainConfig
+from tfcompress.utils import to_json
+
+
+@dataclass
+class DataConfig:
+    """Where a recipe's data is and how to read and cut it.
+
+    Args:
+        train_file / eval_file / test_file: paths; ``eval_file`` selects the best checkpoint,
+            ``test_file`` gives the reported numbers. Label names (and their order) come from the
+            training file.
+        text_column / label_column: columns for text classification files (TSV, CSV, JSONL).
+        max_length: tokens per example at training time (longer ones are truncated and counted).
+        max_train_samples / max_eval_samples / max_test_samples: keep the first N (0: all).
+    """
+
+    train_file: str = ""
+    eval_file: str = ""
+    test_file: str = ""
+    text_column: str = "sentence"
+    label_column: str = "label"
+    max_length: int = 128
+    max_train_samples: int = 0
+    max_eval_samples: int = 0
+    max_test_samples: int = 0
+
+    def validate(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"data.max_length={self.max_length!r}: must be >= 2 ([CLS] and [SEP])")
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.{name}={getattr(self, name)!r}: must be >= 0 (0: all)")
+
+
+@dataclass
+class StudentConfig:
+    """The distillation student and its teacher.
+
+    Args:
+        teacher: directory of the fine-tuned teacher; "" = the current model (the ``finetune`` stage's).
+        num_layers: transformer blocks of the student, copied from evenly spaced teacher blocks
+            (``distill.make_student``).
+    """
+
+    teacher: str = ""
+    num_layers: int = 3
+
+    def validate(self) -> None:
+        if not isinstance(self.num_layers, int) or self.num_layers < 1:
+            raise ValueError(f"student.num_layers={self.num_layers!r}: must be an integer >= 1")
+
+
+@dataclass
+class TrimStageConfig:
+    """Vocabulary trimming (stage ``trim``, :mod:`tfcompress.vocab`): keep the word-embedding rows of
+    the tokens the training split uses, the special tokens and every single character.
+
+    Args:
+        keep_first: also keep the first N ids of the original vocabulary (BERT's vocab.txt lists whole
+            words roughly by frequency; [unusedN] placeholders are never kept). 0 = training tokens only.
+    """
+
+    keep_first: int = 0
+
+    def validate(self) -> None:
+        if not isinstance(self.keep_first, int) or self.keep_first < 0:
+            raise ValueError(f"trim.keep_first={self.keep_first!r}: must be an integer >= 0")
+
+
+@dataclass
+class ExportStageConfig:
+    """Which TFLite artifacts to write.
+
+    Args:
+        modes: any of ``fp32``, ``fp16``, ``dynamic``, ``int8`` (full integer), ``int16x8``.
+        seq_length: fixed sequence length of every artifact; 0 = the ``seq_percentile`` of the
+            training lengths (capped at ``data.max_length``), stated in the export record.
+        seq_percentile: percentile used when ``seq_length`` is 0.
+        num_calibration: representative training examples for int8/int16x8 calibration.
+        io_type: ``float`` or ``int8`` logits for the ``int8`` artifact.
+        int8_float_ops: TFLite op types the ``int8`` artifact keeps in float. Default: the
+            LayerNorm/residual ops (``export.LAYER_NORM_OPS``) and the attention matmuls
+            (``BATCH_MATMUL``). Measured on the fine-tuned SST-2 MiniLM at seq 64
+            (benchmarks/export_variants.py, RESULTS.md): all-int8 fell to 0.661 accuracy; LayerNorm ops
+            in float kept 0.8956 (Keras 0.8945) at 3.5x the stock dynamic-range latency; also keeping
+            BATCH_MATMUL float gave 0.8968 at 2.4x (LiteRT's CPU int8 BATCH_MATMUL is slow next to
+            XNNPACK's float one). SOFTMAX and GELU in float too (session 10): XNNPACK has no int8
+            kernel for either, so in int8 they split the CPU graph into 14 pieces run alternately by
+            XNNPACK and the builtin kernels; in float it is 2 (``runtime.xnnpack_partitions``). Measured
+            at seq 44 (RESULTS.md, 2026-11-25 "Session 10"): dense teacher p50 2.62 -> 2.07 ms at 2
+            threads (stock dynamic-range 2.03 ms), agreement with Keras 0.9805 -> 0.9817 on the
+            teacher, 0.9817 -> 0.9851 on the 50 %-pruned model, 0.9862 -> 0.9874 on the 3-layer
+            student, 0.9958 -> 0.9961 / 0.9959 -> 0.9963 on the pruned / fine-tuned CoNLL models
+            (accuracy -0.81 / -0.57 / +0.34 pt, F1 +0.02 / -0.24: a few sentences either way).
+            ``[]`` gives a full-integer artifact (for NPUs), at an accuracy cost.
+        int8_select_budget: selective quantization of the ``int8`` artifact, in points of the primary
+            metric (0 = off). When > 0, TFLite's QuantizationDebugger ranks every tensor by its int8
+            error and the worst ones are kept in float (beyond ``int8_float_ops``), fewest first,
+            until the artifact is within this many points of the Keras model on the first
+            ``int8_select_examples`` examples of the eval split (the test split stays for the gate).
+            The export record lists the float tensors, the trials and why.
+        int8_select_examples: eval examples scored per selection trial.
+        int8_outlier_percentile: the ``int8`` artifact scales each feed-forward output's outlier
+            channels down to this percentile of its channel maxima, and back up in float after the
+            residual add (``quantize.scale_outlier_channels``: same float function; needs MUL and ADD
+            in ``int8_float_ops``). 0 = off. Measured (RESULTS.md, session 9): 50 %-pruned SST-2
+            MiniLM at seq 44, int8 0.8727 -> 0.8956 (Keras 0.8956), agreement with Keras 0.950 ->
+            0.982; CoNLL-2003 pruned model, entity F1 0.8446 -> 0.8627 (Keras 0.8647).
+    """
+
+    # int16x8 is opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer SST-2 model
+    # at seq 44: 180 ms per sentence against 3.6 ms for dynamic-range; RESULTS.md, 2026-11-25).
+    modes: list[str] = field(default_factory=lambda: [m for m in EXPORT_MODES if m != "int16x8"])
+    seq_length: int = 0
+    seq_percentile: float = 99.0
+    num_calibration: int = 200
+    io_type: str = "float"
+    int8_float_ops: list[str] = field(default_factory=lambda: ["MEAN", "RSQRT", "ABS", "SQUARED_DIFFERENCE",
+                                                               "SUB", "MUL", "ADD", "BATCH_MATMUL", "SOFTMAX",
+                                                               "GELU"])
+    int8_select_budget: float = 0.0
+    int8_select_examples: int = 1000
+    int8_outlier_percentile: float = 90.0
+
+    def validate(self) -> None:
+        unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
+        if not self.modes or unknown or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"export.modes={self.modes!r}: must be distinct modes from {list(EXPORT_MODES)}"
+                             + (f"; unknown: {unknown}" if unknown else ""))
+        if self.seq_length < 0 or self.seq_length == 1:
+            raise ValueError(f"export.seq_length={self.seq_length!r}: must be 0 (from the data) or >= 2")
+        if not 0 < self.seq_percentile <= 100:
+            raise ValueError(f"export.seq_percentile={self.seq_percentile!r}: must be in (0, 100]")
+        if self.num_calibration < 1:
+            raise ValueError(f"export.num_calibration={self.num_calibration!r}: must be >= 1")
+        if self.io_type not in ("float", "int8"):
+            raise ValueError(f"export.io_type={self.io_type!r}: must be 'float' or 'int8'")
+        if not self.int8_select_budget >= 0:
+            raise ValueError(f"export.int8_select_budget={self.int8_select_budget!r}: must be >= 0 points (0 = off)")
+        if not 0 <= self.int8_outlier_percentile <= 100:
+            raise ValueError(f"export.int8_outlier_percentile={self.int8_outlier_percentile!r}: must be in "
+                             "(0, 100], or 0 for off")
+        if self.int8_select_examples < 1:
+            raise ValueError(f"export.int8_select_examples={self.int8_select_examples!r}: must be >= 1")
+
+
+@dataclass
+class EvaluateStageConfig:
+    """How artifacts are scored and gated.
+
+    Args:
+        accuracy_budget: parity gate, in points of the primary metric: an artifact more than this
+            below its reference fails (``passed: false``) and is not released.
+        reference: ``"source"`` = the Keras model the artifact was exported from (conversion
+            parity); ``"finetune"`` = the fine-tuned fp32 model (total budget of the compression).
+        latency_runs / latency_warmup: timed and untimed batch-1 invocations per thread count.
+        batch_size: evaluation batch size.
+    """
+
+    accuracy_budget: float = 1.0
+    reference: str = "source"
+    latency_runs: int = 100
+    latency_warmup: int = 10
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        if not self.accuracy_budget >= 0:
+            raise ValueError(f"evaluate.accuracy_budget={self.accuracy_budget!r}: must be >= 0 points")
+        if self.reference not in ("source", "finetune"):
+            raise ValueError(f"evaluate.reference={self.reference!r}: must be 'source' or 'finetune'")
+        for name in ("latency_runs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"evaluate.{name}={getattr(self, name)!r}: must be >= 1")
+        if self.latency_warmup < 0:
+            raise ValueError(f"evaluate.latency_warmup={self.latency_warmup!r}: must be >= 0")
+
+
+@dataclass
+class ReleaseStageConfig:
+    """Which artifacts go into ``OUTPUT/release/<name>/``.
+
+    Args:
+        allow_regression: also release artifacts that failed the parity gate.
+        artifacts: names to release (empty: every artifact that passed).
+    """
+
+    allow_regression: bool = False
+    artifacts: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        unknown = [name for name in self.artifacts if name not in EXPORT_MODES and name != "qat-int8"]
+        if unknown:
+            raise ValueError(f"release.artifacts={self.artifacts!r}: unknown artifact names {unknown}")
+
+
+@dataclass
+class RecipeConfig:
+    """Everything a recipe run needs; saved as ``OUTPUT/config.json``.
+
+    Every field can be overridden from the command line with ``--set section.field=value``.
+
+    Args:
+        name: recipe name (``sst2``, ``conll2003``...), recorded in the report.
+        task: ``"sequence"`` or ``"token"``.
+        output_dir: the run folder.
+        model: hub name or local directory of the starting model.
+        pooling: the sequence head the ``finetune`` stage gives the starting model: ``"auto"`` (the
+            pooling the checkpoint was trained with: mean for sentence-transformers checkpoints such as
+            the packaged MiniLM, else cls), ``"cls"`` (the architecture's [CLS] pooler) or ``"mean"``
+            (masked mean of the last hidden states; BERT architecture; see :mod:`tfcompress.heads`).
+            Later stages keep the head they are given.
+        data: a :class:`DataConfig`.
+        train: the fine-tuning :class:`TrainConfig`.
+        student: teacher and student size for the ``distill`` stage.
+        distill: loss weights and temperature (:class:`tfcompress.distill.DistillConfig`).
+        distill_train: training length etc. of the ``distill`` stage.
+        prune: what and how to prune (:class:`tfcompress.prune.PruneConfig`).
+        prune_train: training of the ``prune`` stage (``restore_best`` off: an evaluation before
+            the schedule ends would pick a less sparse model).
+        prune_distill: knowledge distillation while pruning. With ``alpha < 1`` the prune stage's
+            input model (the dense fine-tuned one) is loaded a second time as a frozen teacher and
+            the pruned model learns ``alpha * CE + (1 - alpha) * T^2 * KL`` through the Distiller
+            (teacher outputs cached once with ``cache_teacher``). ``alpha = 1`` (default): plain CE.
+        trim: vocabulary trimming of the ``trim`` stage (:class:`TrimStageConfig`).
+        qat_train: training of the ``qat`` stage.
+        export / evaluate / release: see their classes.
+        stages: the stages to run, in order.
+    """
+
+    name: str = "custom"
+    task: str = "sequence"
+    output_dir: str = "runs/custom"
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    pooling: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, learning_rate=1e-4))
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    prune_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, restore_best=False))
+    prune_distill: DistillConfig = field(default_factory=lambda: DistillConfig(alpha=1.0, cache_teacher=True))
+    trim: TrimStageConfig = field(default_factory=TrimStageConfig)
+    qat_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=2e-5,
+                                                                       restore_best=False))
+    export: ExportStageConfig = field(default_factory=ExportStageConfig)
+    evaluate: EvaluateStageConfig = field(default_factory=EvaluateStageConfig)
+    release: ReleaseStageConfig = field(default_factory=ReleaseStageConfig)
+    stages: list[str] = field(default_factory=lambda: ["finetune"])
+
+    def to_dict(self) -> dict:
+        return json.loads(to_json(dataclasses.asdict(self)))
+
+    def copy(self) -> "RecipeConfig":
+        """A deep copy (recipes keep their DEFAULTS untouched)."""
+        import copy
+
+        return copy.deepcopy(self)
+
+    def validate(self) -> None:
+        """Check every section; ``ValueError`` names the field (``prune_train.epochs=0: ...``)."""
+        if self.task not in ("sequence", "token"):
+            raise ValueError(f"task={self.task!r}: must be 'sequence' or 'token'")
+        if self.pooling not in ("auto", "cls", "mean") or (self.task == "token" and self.pooling == "mean"):
+            raise ValueError(f"pooling={self.pooling!r}: 'auto', 'cls' or 'mean' for sequence tasks, 'auto' or "
+                             "'cls' for token tasks")
+        unknown = [s for s in self.stages if s not in STAGE_ORDER]
+        if not self.stages or unknown:
+            raise ValueError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGE_ORDER)}")
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages={self.stages!r}: a stage appears twice")
+        if self.distill.augment_copies and self.task != "sequence":
+            raise ValueError(f"distill.augment_copies={self.distill.augment_copies}: augmentation is for "
+                             f"sequence tasks (word masking, n-gram sampling); task is {self.task!r}")
+        if self.prune_distill.augment_copies:
+            raise ValueError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
+                             "stage does not augment; set distill.augment_copies")
+        for section in ("data", "student", "distill", "prune", "prune_distill", "trim", "export", "evaluate",
+                        "release"):
+            getattr(self, section).validate()
+        for section in ("train", "distill_train", "prune_train", "qat_train"):
+            try:
+                getattr(self, section).validate()
+            except ValueError as error:
+                message = str(error)
+                raise ValueError(f"{section}.{message[len('train.'):]}" if message.startswith("train.")
+                                 else f"{section}: {message}") from None
+

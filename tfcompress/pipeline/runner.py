@@ -1,0 +1,296 @@
+"""Stage chaining for recipes: finetune -> (distill) -> prune -> (trim) -> (qat) -> export -> evaluate -> release.
+
+Each stage reads the *current model* (the model directory the previous model-producing stage saved,
+or ``RecipeConfig.model`` for the first stage), does one job and records it in ``report.json``.
+
+A run folder holds everything needed to reproduce it from itself::
+
+    OUTPUT/config.json            the full RecipeConfig of the last invocation
+    OUTPUT/report.json            metrics of every stage and artifact (tfcompress.report)
+    OUTPUT/report.md              the same as a table; OUTPUT/tradeoff.png: metric vs size / latency
+    OUTPUT/<stage>/manifest.json  written last and atomically: config hash, metrics, seconds, model dir
+    OUTPUT/<stage>/model/         the stage's model as a normal Hugging Face directory
+    OUTPUT/<stage>/checkpoints/   resumable training state while the stage runs
+    OUTPUT/export/<mode>.tflite   one artifact per export mode
+    OUTPUT/release/<mode>/        mobile bundles of the artifacts that passed the parity gate
+    OUTPUT/tensorboard/<stage>/   TensorBoard event files (``summary/``: the report table and metrics)
+
+Resume rules. A stage's config hash covers its own config section, the model/data/task, and the hash
+of every earlier stage in the chain. A stage whose manifest holds the same hash is skipped. A stage
+without a manifest but with a ``.config_hash`` marker equal to its hash was interrupted: it runs
+again and its Trainer resumes from the last checkpoint (export reuses finished artifacts, evaluate
+reuses finished artifact records). A stage whose hash changed starts from an empty folder, and so
+does every stage after it. Every file is written atomically, so a run killed at any point (SIGKILL
+included) leaves either the old or the new version of each file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from tfcompress.config.constants import MODEL_STAGES, STAGE_ORDER
+from tfcompress.config.recipe import RecipeConfig
+from tfcompress.config.training import DistillConfig
+from tfcompress.data import encoding, readers
+from tfcompress.evaluate import metrics
+from tfcompress.models import loading
+from tfcompress.models.loading import resolve_pooling
+from tfcompress.report import Report, write_outputs
+from tfcompress.utils import atomic_write_json, atomic_write_text, get_logger, set_seed, to_json
+
+log = get_logger("pipeline")
+# ------------------------------------------------------------------------------------ registry
+STAGES: dict[str, Callable] = {}
+
+
+def stage(name: str):
+    """Register a stage function ``fn(context) -> record dict`` (the record it put in report.json;
+    ``record["model_dir"]``, relative to the run folder, names the model it saved, if any)."""
+    def register(function):
+        STAGES[name] = function
+        return function
+
+    return register
+
+
+def _canonical(value):
+    """Integral floats as ints (``--epochs 2`` parses to 2.0, a recipe default may say 2: same config)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def config_hash(*parts, canonical: bool = True) -> str:
+    """16 hex digits of the parts' JSON; ``canonical=False``: the hash before integral floats were
+    folded to ints (folders written by tfcompress before that change)."""
+    parts = _canonical(list(parts)) if canonical else list(parts)
+    return hashlib.sha256(to_json(parts).encode()).hexdigest()[:16]
+
+
+def stage_config(config: RecipeConfig, name: str) -> dict:
+    """The part of the config a stage depends on (what its hash covers, with the upstream hashes)."""
+    base = {"model": config.model, "task": config.task, "data": dataclasses.asdict(config.data)}
+    sections = {
+        "finetune": ("train",),
+        "distill": ("student", "distill", "distill_train"),
+        "prune": ("prune", "prune_train", "prune_distill"),
+        "trim": ("trim",),
+        "qat": ("qat_train",),
+        "export": ("export",),
+        "evaluate": ("evaluate",),
+        "release": ("release",),
+    }.get(name, ())
+    for section in sections:
+        base[section] = dataclasses.asdict(getattr(config, section))
+        if isinstance(getattr(config, section), DistillConfig) and not base[section]["augment_copies"]:
+            # added later: hashed only when augmentation is on, so older run folders keep their hash
+            for key in ("augment_copies", "augment_mask_prob", "augment_ngram_prob"):
+                del base[section][key]
+    if name == "finetune":
+
+        pooling = resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
+        if pooling != "cls":  # absent for cls: run folders from before pooling existed keep their hash
+            base["pooling"] = pooling
+    return base
+
+
+class Context:
+    """What stages share within one run: the config, the current model, lazily loaded data."""
+    def __init__(self, config: RecipeConfig):
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.current_model: str = config.model
+        self.stage_models: dict[str, str] = {}
+        self.digest: str | None = None
+        self.accepted_digests: set[str] = set()  # digest plus its legacy form (see stage_hashes)
+        self._cache: dict = {}
+
+    # data -------------------------------------------------------------------------------
+    def tokenizer(self):
+        """The current model's tokenizer (saved beside it by every stage; a ``trim`` stage changes it),
+        else the starting model's. Encoded data is cached per vocabulary."""
+        current = Path(self.current_model)
+        source = str(current) if any((current / name).is_file() for name in ("vocab.txt", "tokenizer.json")) \
+            else self.config.model
+        if self._cache.get("tokenizer_source") != source:
+            tokenizer, previous = loading.load_tokenizer(source), self._cache.get("tokenizer")
+            if previous is None or previous.get_vocab() != tokenizer.get_vocab():
+                for key in [k for k in self._cache if k.startswith("encoded/")]:
+                    del self._cache[key]
+                self._cache["tokenizer"] = tokenizer
+            self._cache["tokenizer_source"] = source
+        return self._cache["tokenizer"]
+
+    def examples(self, split: str):
+
+        key = f"examples/{split}"
+        if key not in self._cache:
+            cfg = self.config.data
+            path = {"train": cfg.train_file, "eval": cfg.eval_file, "test": cfg.test_file}[split]
+            if not path:
+                raise ValueError(f"data.{split}_file is not set")
+            label_names = None if split == "train" else self.examples("train").label_names
+            if self.config.task == "sequence":
+                examples = readers.read_text_classification(path, cfg.text_column, cfg.label_column, label_names)
+            else:
+                examples = readers.read_conll(path, label_names)
+            limit = {"train": cfg.max_train_samples, "eval": cfg.max_eval_samples, "test": cfg.max_test_samples}[split]
+            if limit:
+                examples = examples.head(limit) if hasattr(examples, "head") else _head(examples, limit)
+            self._cache[key] = examples
+        return self._cache[key]
+
+    def encoded(self, split: str, max_length: int | None = None):
+
+        max_length = max_length or self.config.data.max_length
+        key = f"encoded/{split}/{max_length}"
+        tokenizer = self.tokenizer()  # first: a new vocabulary (trim stage) drops the cached encodings
+        if key not in self._cache:
+            encoded = encoding.encode(tokenizer, self.examples(split), max_length=max_length)
+            if encoded.num_truncated:
+                log.info("%s: %d of %d examples truncated at max_length=%d", split, encoded.num_truncated,
+                         len(encoded), max_length)
+            self._cache[key] = encoded
+        return self._cache[key]
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.examples("train").label_names)
+
+    # models -----------------------------------------------------------------------------
+    def load_model(self, path: str | None = None, pooling: str | None = None):
+        """Load ``path`` (default: the current model) for this task with the training file's labels
+        (``pooling``: see :func:`tfcompress.models.load_model`; None keeps the saved head's)."""
+        return loading.load_model(str(path or self.current_model), task=self.config.task, labels=self.label_names,
+                                 pooling=pooling)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.output_dir / name
+
+    # report -----------------------------------------------------------------------------
+    def report(self) -> Report:
+
+        return Report.load_or_create(self.output_dir, self.config.name, metrics.primary_metric(self.config.task),
+                                     self.config.model)
+
+
+def _head(examples, limit: int):
+    values = dataclasses.asdict(examples)
+    for key, value in values.items():
+        if isinstance(value, list) and len(value) == len(examples) and key != "label_names":
+            values[key] = value[:limit]
+    return type(examples)(**values)
+
+
+# ---------------------------------------------------------------------------------- running
+def manifest_path(output_dir: Path, name: str) -> Path:
+    return Path(output_dir) / name / "manifest.json"
+
+
+def read_manifest(output_dir: Path, name: str) -> dict | None:
+    path = manifest_path(output_dir, name)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+MARKER = ".config_hash"
+
+
+def _prepare_stage_dir(stage_dir: Path, digest: str, accepted: set[str] | None = None) -> None:
+    """Keep an interrupted stage's files (same hash, or one in ``accepted``: resume); empty the folder
+    when the hash changed."""
+    marker = stage_dir / MARKER
+    previous = marker.read_text().strip() if marker.exists() else None
+    if stage_dir.exists() and previous not in (accepted or {digest}) and any(stage_dir.iterdir()):
+        log.info("stage %s: config changed (%s -> %s), starting it afresh", stage_dir.name, previous, digest)
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, digest + "\n")
+
+
+def latest_model(output_dir, before: str) -> str | None:
+    """The model directory saved by the latest model-producing stage before ``before`` in ``output_dir``
+    (so ``--stages export,evaluate`` on a finished run exports its fine-tuned/pruned model)."""
+    earlier = STAGE_ORDER[: STAGE_ORDER.index(before)] if before in STAGE_ORDER else STAGE_ORDER
+    for name in reversed(earlier):
+        if name not in MODEL_STAGES:
+            continue
+        manifest = read_manifest(Path(output_dir), name)
+        if manifest and manifest.get("model_dir"):
+            return str(Path(output_dir) / manifest["model_dir"])
+    return None
+
+
+def _advance(context: Context, name: str, manifest: dict) -> None:
+    model_dir = manifest.get("model_dir")
+    if model_dir:
+        context.current_model = str(context.output_dir / model_dir)
+        context.stage_models[name] = context.current_model
+
+
+def stage_hashes(config: RecipeConfig, canonical: bool = True) -> dict[str, str]:
+    """``{stage: config hash}`` in chain order. A stage's hash covers its own config section and the
+    previous stage's hash, so a change upstream recomputes everything downstream and nothing above.
+    ``canonical=False``: the legacy hashes (see :func:`config_hash`), still accepted by :func:`run`."""
+    hashes, digest = {}, None
+    for name in config.stages:
+        digest = config_hash(digest, name, stage_config(config, name), canonical=canonical)
+        hashes[name] = digest
+    return hashes
+
+
+TRAINING_SECTIONS = {"finetune": "train", "distill": "distill_train", "prune": "prune_train", "qat": "qat_train"}
+
+
+def stage_seed(config: RecipeConfig, name: str) -> int:
+    """The seed a stage starts from: its training section's ``seed`` (``train.seed`` for the others)."""
+    return getattr(config, TRAINING_SECTIONS.get(name, "train")).seed
+
+
+def run(config: RecipeConfig) -> Report:
+    """Run ``config.stages`` in order, skipping finished ones; returns the final report.
+
+    After each stage ``report.md`` and ``tradeoff.png`` are rewritten beside ``report.json``; at the
+    end TensorBoard (``OUTPUT/tensorboard/summary``) gets the table and the metrics.
+    """
+    config.validate()
+    context = Context(config)
+    context.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(context.output_dir / "config.json", config.to_dict())
+    legacy = stage_hashes(config, canonical=False)  # folders written before integral floats were folded
+    for name, digest in stage_hashes(config).items():
+        accepted = {digest, legacy[name]}
+        manifest = read_manifest(context.output_dir, name)
+        if manifest and manifest.get("config_hash") in accepted:
+            log.info("stage %s: done already (config hash %s), skipped", name, manifest["config_hash"])
+            _advance(context, name, manifest)
+            continue
+        _prepare_stage_dir(context.stage_dir(name), digest, accepted)
+        log.info("stage %s: running (input model %s)", name, context.current_model)
+        context.digest, context.accepted_digests = digest, accepted
+        # Seed right before the stage draws anything (new heads, the student, augmentation, data
+        # order), from the stage's own seed: a resumed or partial run seeds each stage as a full one.
+        set_seed(stage_seed(config, name))
+        started = time.time()
+        record = STAGES[name](context) or {}
+        seconds = time.time() - started
+        manifest = {"stage": name, "config_hash": digest, "seconds": round(seconds, 1),
+                    "metrics": record.get("metrics", {}), "model_dir": record.get("model_dir"),
+                    "input_model": record.get("input_model"), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_json(manifest_path(context.output_dir, name), manifest)
+        _advance(context, name, manifest)
+        write_outputs(context.report().data, context.output_dir, tensorboard=False)
+    report = context.report()
+    write_outputs(report.data, context.output_dir, tensorboard=True)
+    return report

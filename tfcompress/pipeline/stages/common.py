@@ -1,0 +1,82 @@
+"""Helpers the stages share: Keras predictions, test metrics, model facts, step counts.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+from tfcompress._compat import tf
+from tfcompress.compress import prune
+from tfcompress.config.training import TrainConfig
+from tfcompress.evaluate import metrics
+from tfcompress.models.facts import count_params
+from tfcompress.pipeline.runner import Context
+from tfcompress.utils import get_logger
+
+log = get_logger("pipeline")
+# ------------------------------------------------------------------------------------ helpers
+def keras_predict_fn(model) -> Callable:
+    """``features dict of np arrays -> np logits`` through one traced, shape-agnostic function."""
+    @tf.function(reduce_retracing=True)
+    def predict(features):
+        outputs = model(features, training=False)
+        return tf.cast(getattr(outputs, "logits", outputs), tf.float32)
+
+    return lambda features: predict({k: tf.constant(v) for k, v in features.items()}).numpy()
+
+
+def test_logits_and_metrics(context: Context, model, max_length: int | None = None):
+
+    data = context.encoded("test", max_length)
+    batch_size = context.config.evaluate.batch_size
+    logits = metrics.predict_logits(keras_predict_fn(model), data, batch_size=batch_size, progress=False)
+    return logits, metrics.compute_metrics(context.config.task, logits, data.labels, data.label_names)
+
+
+def input_model_metrics(context: Context, model) -> dict:
+    """Test metrics of a stage's input model, before the stage changes it: the reference its own
+    Δ is measured against (and the report's, when the run has no finetune stage). Taken from the
+    earlier stage of this run that saved the model (its test metrics, same test set), else measured."""
+    for name, path in context.stage_models.items():
+        record = context.report().stage(name) if path == context.current_model else None
+        if record and record.get("metrics"):
+            return dict(record["metrics"])
+    _, values = test_logits_and_metrics(context, model)
+    return scalars(values)
+
+
+def delta_text(context: Context, after: dict, before: dict) -> str:
+    primary = primary_name(context)
+    if primary not in after or primary not in before:
+        return ""
+    return f" ({(after[primary] - before[primary]) * 100:+.2f} pt vs its input model's {before[primary]:.4f})"
+
+
+def scalars(values: dict) -> dict:
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def per_class_of(values: dict):
+    return values.get("per_class") or values.get("per_entity")
+
+
+def model_facts(model, model_dir: Path) -> dict:
+    """Saved size (raw, gzip), global weight sparsity and parameter count of a stage's model."""
+    sizes = prune.saved_size(model_dir)
+    sparsity = prune.sparsity_report(model)
+    return {"size_bytes": sizes["raw"], "gzip_bytes": sizes["gzip"],
+            "sparsity": round(sparsity["global"]["sparsity"], 6), "params": count_params(model),
+            "nonzero_params": sparsity["model"]["nonzero"]}
+
+
+def total_steps(train, config: TrainConfig) -> int:
+    """Optimizer steps the Trainer will run on ``train`` (same arithmetic as ``Trainer._build``)."""
+    batches = len(train.batches(config.batch_size, shuffle=False))
+    steps_per_epoch = max(1, math.ceil(batches / config.grad_accum_steps))
+    return config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+
+
+def primary_name(context: Context) -> str:
+
+    return metrics.primary_metric(context.config.task)

@@ -1,0 +1,117 @@
+"""The ``export`` stage: TFLite export: one artifact per mode.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tfcompress.compress import prune
+from tfcompress.evaluate import metrics, runtime
+from tfcompress.export import selective, tflite
+from tfcompress.pipeline.runner import Context, read_manifest, stage
+from tfcompress.pipeline.stages.common import keras_predict_fn, primary_name
+from tfcompress.pipeline.stages.qat import qat_model
+from tfcompress.utils import atomic_write_json, get_logger
+
+log = get_logger("pipeline")
+def _export_seq_length(context: Context, train) -> tuple[int, str]:
+    cfg = context.config.export
+    if cfg.seq_length:
+        return cfg.seq_length, "export.seq_length"
+    length = min(train.percentile_length(cfg.seq_percentile), context.config.data.max_length)
+    return max(int(length), 2), (f"{cfg.seq_percentile:g}th percentile of the training lengths "
+                                 f"(capped at data.max_length={context.config.data.max_length})")
+
+
+def _selective_int8(context: Context, model, seq_length: int, train, path: Path) -> dict:
+    """``selective.selective_int8`` scored on the first ``int8_select_examples`` eval examples."""
+    cfg, primary = context.config.export, primary_name(context)
+    # Encoded at the artifact's length, as the evaluate stage encodes the test split: for token tasks
+    # the labels of the words cut off go with them (truncating only the inputs left them unscorable).
+    evaluation = context.encoded("eval", seq_length)
+    held_out = evaluation.select(list(range(min(cfg.int8_select_examples, len(evaluation)))))
+    batch_size = context.config.evaluate.batch_size
+
+    def metric_of(predict) -> float:  # both models see the artifact's fixed length
+        logits = metrics.predict_logits(predict, held_out, batch_size=batch_size, progress=False, pad_to=seq_length)
+        return float(metrics.compute_metrics(context.config.task, logits, held_out.labels, held_out.label_names)[primary])
+
+    reference = metric_of(keras_predict_fn(model))
+    _, record = selective.selective_int8(
+        model, seq_length, train, score=lambda content: metric_of(runtime.TFLiteModel(content, num_threads=2).predict),
+        reference=reference, budget=cfg.int8_select_budget / 100.0, denylisted_ops=cfg.int8_float_ops,
+        num_calibration=cfg.num_calibration, io_type=cfg.io_type, output_path=path,
+        outlier_percentile=cfg.int8_outlier_percentile or None)
+    record["examples"] = len(held_out)
+    atomic_write_json(path.with_suffix(".selection.json"), record)
+    return record
+
+
+@stage("export")
+def export_stage(context: Context) -> dict:
+    """One TFLite artifact per ``export.modes`` from the current model; calibration from the train split.
+
+    Finished artifacts of an interrupted run are reused (``<mode>.tflite`` plus its ``.done.json``,
+    both written atomically). With a finished ``qat`` stage, the wrapped QAT model is converted too
+    (``qat-int8``, its learned ranges kept).
+    """
+    config = context.config
+    cfg = config.export
+    stage_dir = context.stage_dir("export")
+    input_model = context.current_model
+    started = time.time()
+    model = context.load_model()
+    train = context.encoded("train")
+    seq_length, rule = _export_seq_length(context, train)
+    sparsity = round(prune.sparsity_report(model)["global"]["sparsity"], 6)
+    artifacts = []
+    outlier_percentile = cfg.int8_outlier_percentile or None
+    outliers_scaled = tflite.outlier_scaling_applies(tflite.ExportConfig(
+        mode="int8", denylisted_ops=tuple(cfg.int8_float_ops), outlier_percentile=outlier_percentile))
+
+    def finish(name, quantization, path, convert):
+        marker = stage_dir / f"{name}.done.json"
+        if path.exists() and marker.exists():
+            log.info("export %s: done already (%s)", name, path)
+            seconds = json.loads(marker.read_text()).get("seconds")
+        else:
+            begun = time.time()
+            convert()
+            seconds = round(time.time() - begun, 1)
+            atomic_write_json(marker, {"seconds": seconds})
+        artifacts.append({"name": name, "path": str(path.relative_to(context.output_dir)), "format": "tflite",
+                          "quantization": quantization, "seq_length": seq_length, "sparsity": sparsity,
+                          "convert_seconds": seconds, **runtime.sizes(path)})
+        if name == "int8" and outliers_scaled:
+            artifacts[-1]["outlier_percentile"] = outlier_percentile  # rewrites.scale_outlier_channels
+
+    selection = {}
+    for mode in cfg.modes:
+        path = stage_dir / f"{mode}.tflite"
+        calibrated = mode in ("int8", "int16x8")
+        if mode == "int8" and cfg.int8_select_budget > 0:
+            finish(mode, mode, path, lambda path=path: selection.update(
+                _selective_int8(context, model, seq_length, train, path)))
+            if not selection and (stage_dir / "int8.selection.json").exists():  # finished before an interruption
+                selection.update(json.loads((stage_dir / "int8.selection.json").read_text()))
+            artifacts[-1]["selection"] = selection
+            continue
+        finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: tflite.to_tflite(
+            model, mode, seq_length=seq_length, representative=train if calibrated else None,
+            num_calibration=cfg.num_calibration, io_type=cfg.io_type if mode == "int8" else "float",
+            denylisted_ops=cfg.int8_float_ops if mode == "int8" else (), output_path=path,
+            outlier_percentile=outlier_percentile))
+    qat_manifest = read_manifest(context.output_dir, "qat")
+    if "qat" in config.stages and qat_manifest and qat_manifest.get("model_dir"):
+        path = stage_dir / "qat-int8.tflite"
+        finish("qat-int8", "qat-int8", path, lambda: tflite.to_tflite_from_qat(
+            qat_model(context), seq_length=seq_length, representative=train, output_path=path))
+    report = context.report()
+    record = report.set_stage(
+        "export", metrics={}, seconds=time.time() - started, output="export/", input_model=input_model,
+        source_model=input_model, seq_length=seq_length, seq_length_rule=rule, artifacts=artifacts,
+        sparsity=sparsity)
+    report.save()
+    log.info("export: %d artifacts at seq_length %d (%s)", len(artifacts), seq_length, rule)
+    return record
