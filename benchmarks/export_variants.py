@@ -57,7 +57,7 @@ VARIANTS = {
                                         "tfcompress"),
     "int8-float-layernorm-matmul-fc": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "FULLY_CONNECTED")}, "tfcompress"),
-    # the pipeline's default int8 (session 9): the feed-forward outputs' outlier channels scaled down
+    # the pipeline's default int8 since 2026-11-25: the feed-forward outputs' outlier channels scaled down
     # before conversion and back up in float (rewrites.scale_outlier_channels), with and without
     # SOFTMAX in float too
     "int8-float-layernorm-matmul-outliers": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + ("BATCH_MATMUL",),
@@ -66,8 +66,9 @@ VARIANTS = {
         "BATCH_MATMUL", "SOFTMAX"), "outlier_percentile": 90.0}, "tfcompress"),
     "int8-float-layernorm-matmul-softmax": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "SOFTMAX")}, "tfcompress"),
-    # + GELU in float (session 10, latency): XNNPACK runs neither int8 SOFTMAX nor int8 GELU, so each one
-    # splits the delegated graph (14 partitions for the 6-layer model); with both in float it is 2
+    # + GELU in float (the default since 2026-11-25, for latency): XNNPACK runs neither int8 SOFTMAX
+    # nor int8 GELU, so each one splits the delegated graph (14 partitions for the 6-layer model);
+    # with both in float it is 2
     "int8-float-layernorm-matmul-softmax-gelu-outliers": ("int8", {"denylisted_ops": constants.LAYER_NORM_OPS + (
         "BATCH_MATMUL", "SOFTMAX", "GELU"), "outlier_percentile": 90.0}, "tfcompress"),
     # all-integer with the scaling applied by hand (to_tflite applies it only with a float residual path)

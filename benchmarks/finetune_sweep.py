@@ -5,7 +5,7 @@ Each grid point is the recipe itself (``recipes/<task>.py --stages finetune --le
 --epochs E --seed S``) run as a subprocess into ``OUTPUT/<task>-lr<LR>-ep<E>-seed<S>``, so a point is
 reproduced by that one command and an interrupted sweep resumes: a finished point is skipped by the
 recipe's own stage manifests, a half-trained one resumes from its last checkpoint. The table gives
-each point's test metric (the number issue 2's goal is about), the validation metric the best
+each point's test metric (the number the accuracy goals are about), the validation metric the best
 checkpoint was chosen on, the step it was taken at and the training time, then the mean and spread
 over seeds per (learning rate, epochs).
 
