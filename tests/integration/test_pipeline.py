@@ -104,18 +104,16 @@ def test_a_flag_equal_to_the_default_keeps_the_hashes():
     assert runner.stage_hashes(config)["finetune"] != before["finetune"]
 
 
-def test_run_still_skips_stages_finished_under_the_legacy_hash(tmp_path, monkeypatch):
-    """Folders written before integral floats were folded into the hash do not recompute."""
+def test_a_manifest_of_another_config_reruns_the_stage(tmp_path, monkeypatch):
+    """Only the exact config hash skips a stage; any other (an older tfcompress, another config) reruns."""
     calls = []
     monkeypatch.setitem(runner.STAGES, "finetune", lambda context: calls.append("finetune") or {})
     monkeypatch.setattr(runner, "write_outputs", lambda *args, **kwargs: None)
     config = recipe.RecipeConfig(stages=["finetune"], output_dir=str(tmp_path))
     monkeypatch.setattr(config, "validate", lambda: None)
-    legacy = runner.stage_hashes(config, canonical=False)["finetune"]
-    assert legacy != runner.stage_hashes(config)["finetune"]  # the default config has integral floats
     path = runner.manifest_path(tmp_path, "finetune")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"stage": "finetune", "config_hash": legacy}))
+    path.write_text(json.dumps({"stage": "finetune", "config_hash": runner.stage_hashes(config)["finetune"]}))
     runner.run(config)
     assert calls == []
     path.write_text(json.dumps({"stage": "finetune", "config_hash": "0123456789abcdef"}))
@@ -425,6 +423,7 @@ def test_pooling_is_in_the_finetune_hash_as_the_head_actually_built():
     assert all(cls_hashes[name] != mean_hashes[name] for name in cls_hashes)
     config.pooling = "auto"  # the packaged MiniLM is a mean-pooling sentence-transformers checkpoint
     expected = mean_hashes if loading.packaged_model_path() else cls_hashes
+    assert runner.stage_config(config, "finetune")["pooling"] in ("cls", "mean")
     assert runner.stage_hashes(config) == expected
     with pytest.raises(ValueError, match="pooling='mean'"):
         recipe.RecipeConfig(task="token", pooling="mean").validate()
@@ -438,9 +437,9 @@ def test_finetune_with_mean_pooling_saves_a_mean_head(tiny_run, monkeypatch):
     assert saved["architectures"] == ["BertMeanPoolingForSequenceClassification"]
 
 
-def test_augmentation_is_hashed_only_when_on_and_only_for_sequence_tasks():
+def test_augmentation_changes_the_distill_hash_and_is_for_sequence_tasks_only():
     config = recipe.RecipeConfig(stages=["finetune", "distill", "prune"])
-    assert "augment_copies" not in runner.stage_config(config, "distill")["distill"]
+    assert runner.stage_config(config, "distill")["distill"]["augment_copies"] == 0
     before = runner.stage_hashes(config)
     config.distill.augment_copies = 2
     after = runner.stage_hashes(config)
@@ -522,3 +521,24 @@ def test_two_runs_of_the_same_command_give_identical_weights(tiny_run, monkeypat
         assert first.keys() == second.keys()
         for name in first:
             np.testing.assert_array_equal(first[name], second[name], err_msg=f"{stage}: {name}")
+
+
+def test_mixed_precision_reaches_the_training_stage_and_does_not_leak(tiny_run, monkeypatch):
+    """``train.mixed_precision`` sets Keras' policy while the finetune stage builds and trains its model
+    (the Trainer refuses a policy that differs from its config), and float32 is back afterwards."""
+    from tfcompress._compat import keras
+    from tfcompress.train import trainer as trainer_module
+
+    seen = []
+    original = trainer_module.Trainer.__init__
+
+    def spy(self, model, *args, **kwargs):
+        seen.append((keras.mixed_precision.global_policy().name, model.layers[0].dtype_policy.name))
+        original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", spy)
+    command, out = tiny_run
+    _in_process(command + ["--stages", "finetune", "--set", "train.mixed_precision=mixed_bfloat16"], monkeypatch)
+    assert seen == [("mixed_bfloat16", "mixed_bfloat16")]
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert json.loads((out / "finetune" / "manifest.json").read_text())["stage"] == "finetune"

@@ -5,8 +5,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from tfcompress.config.constants import EXPORT_MODES, STAGE_ORDER
-from tfcompress.config.training import DistillConfig, PruneConfig, TrainConfig
+from tfcompress.config.constants import DEFAULT_INT8_FLOAT_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES, STAGE_ORDER
+from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, TrainConfig
 from tfcompress.utils import to_json
 
 
@@ -87,20 +87,11 @@ class ExportStageConfig:
         seq_percentile: percentile used when ``seq_length`` is 0.
         num_calibration: representative training examples for int8/int16x8 calibration.
         io_type: ``float`` or ``int8`` logits for the ``int8`` artifact.
-        int8_float_ops: TFLite op types the ``int8`` artifact keeps in float. Default: the
-            LayerNorm/residual ops (``export.LAYER_NORM_OPS``) and the attention matmuls
-            (``BATCH_MATMUL``). Measured on the fine-tuned SST-2 MiniLM at seq 64
-            (benchmarks/export_variants.py, RESULTS.md): all-int8 fell to 0.661 accuracy; LayerNorm ops
-            in float kept 0.8956 (Keras 0.8945) at 3.5x the stock dynamic-range latency; also keeping
-            BATCH_MATMUL float gave 0.8968 at 2.4x (LiteRT's CPU int8 BATCH_MATMUL is slow next to
-            XNNPACK's float one). SOFTMAX and GELU in float too (session 10): XNNPACK has no int8
-            kernel for either, so in int8 they split the CPU graph into 14 pieces run alternately by
-            XNNPACK and the builtin kernels; in float it is 2 (``runtime.xnnpack_partitions``). Measured
-            at seq 44 (RESULTS.md, 2026-11-25 "Session 10"): dense teacher p50 2.62 -> 2.07 ms at 2
-            threads (stock dynamic-range 2.03 ms), agreement with Keras 0.9805 -> 0.9817 on the
-            teacher, 0.9817 -> 0.9851 on the 50 %-pruned model, 0.9862 -> 0.9874 on the 3-layer
-            student, 0.9958 -> 0.9961 / 0.9959 -> 0.9963 on the pruned / fine-tuned CoNLL models
-            (accuracy -0.81 / -0.57 / +0.34 pt, F1 +0.02 / -0.24: a few sentences either way).
+        int8_float_ops: TFLite op types the ``int8`` artifact keeps in float (default
+            ``DEFAULT_INT8_FLOAT_OPS``): the LayerNorm/residual ops, whose per-tensor int8 scale cannot
+            hold MiniLM's outlier channels (all-int8: 0.661 SST-2 accuracy against Keras 0.8945), and
+            BATCH_MATMUL, SOFTMAX and GELU, for which XNNPACK has no int8 kernel (in int8 they split the
+            CPU graph into 14 XNNPACK pieces instead of 2; benchmarks/RESULTS.md, 2026-11-25).
             ``[]`` gives a full-integer artifact (for NPUs), at an accuracy cost.
         int8_select_budget: selective quantization of the ``int8`` artifact, in points of the primary
             metric (0 = off). When > 0, TFLite's QuantizationDebugger ranks every tensor by its int8
@@ -111,10 +102,9 @@ class ExportStageConfig:
         int8_select_examples: eval examples scored per selection trial.
         int8_outlier_percentile: the ``int8`` artifact scales each feed-forward output's outlier
             channels down to this percentile of its channel maxima, and back up in float after the
-            residual add (``quantize.scale_outlier_channels``: same float function; needs MUL and ADD
-            in ``int8_float_ops``). 0 = off. Measured (RESULTS.md, session 9): 50 %-pruned SST-2
-            MiniLM at seq 44, int8 0.8727 -> 0.8956 (Keras 0.8956), agreement with Keras 0.950 ->
-            0.982; CoNLL-2003 pruned model, entity F1 0.8446 -> 0.8627 (Keras 0.8647).
+            residual add (``export.rewrites.scale_outlier_channels``: the same float function; needs MUL
+            and ADD in ``int8_float_ops``). 0 = off. 50 %-pruned SST-2 MiniLM at seq 44: int8 0.8727 ->
+            0.8956 (Keras 0.8956); CoNLL-2003 entity F1 0.8446 -> 0.8627 (benchmarks/RESULTS.md, 2026-11-25).
     """
 
     # int16x8 is opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer SST-2 model
@@ -124,12 +114,10 @@ class ExportStageConfig:
     seq_percentile: float = 99.0
     num_calibration: int = 200
     io_type: str = "float"
-    int8_float_ops: list[str] = field(default_factory=lambda: ["MEAN", "RSQRT", "ABS", "SQUARED_DIFFERENCE",
-                                                               "SUB", "MUL", "ADD", "BATCH_MATMUL", "SOFTMAX",
-                                                               "GELU"])
+    int8_float_ops: list[str] = field(default_factory=lambda: list(DEFAULT_INT8_FLOAT_OPS))
     int8_select_budget: float = 0.0
     int8_select_examples: int = 1000
-    int8_outlier_percentile: float = 90.0
+    int8_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
 
     def validate(self) -> None:
         unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
@@ -231,6 +219,7 @@ class RecipeConfig:
             the pruned model learns ``alpha * CE + (1 - alpha) * T^2 * KL`` through the Distiller
             (teacher outputs cached once with ``cache_teacher``). ``alpha = 1`` (default): plain CE.
         trim: vocabulary trimming of the ``trim`` stage (:class:`TrimStageConfig`).
+        qat: what quantization-aware training wraps (:class:`QATConfig`).
         qat_train: training of the ``qat`` stage.
         export / evaluate / release: see their classes.
         stages: the stages to run, in order.
@@ -250,6 +239,7 @@ class RecipeConfig:
     prune_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, restore_best=False))
     prune_distill: DistillConfig = field(default_factory=lambda: DistillConfig(alpha=1.0, cache_teacher=True))
     trim: TrimStageConfig = field(default_factory=TrimStageConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
     qat_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=2e-5,
                                                                        restore_best=False))
     export: ExportStageConfig = field(default_factory=ExportStageConfig)
@@ -284,7 +274,7 @@ class RecipeConfig:
         if self.prune_distill.augment_copies:
             raise ValueError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
                              "stage does not augment; set distill.augment_copies")
-        for section in ("data", "student", "distill", "prune", "prune_distill", "trim", "export", "evaluate",
+        for section in ("data", "student", "distill", "prune", "prune_distill", "trim", "qat", "export", "evaluate",
                         "release"):
             getattr(self, section).validate()
         for section in ("train", "distill_train", "prune_train", "qat_train"):

@@ -52,7 +52,7 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
         batch_size: evaluation batch size (the artifact still runs each row at batch 1).
 
     Returns:
-        The record (see issue 4): name, path, format, quantization, seq_length, sparsity,
+        The record: name, path, format, quantization, seq_length, sparsity,
         size_bytes, gzip_bytes, metrics, agreement, latency_ms, float_ops, passed
         (plus reference_metric and primary_metric for the reader, and xnnpack_partitions: how
         many pieces the CPU runtime's XNNPACK delegate runs, see :func:`xnnpack_partitions`).

@@ -7,7 +7,7 @@ import contextlib
 import numpy as np
 
 from tfcompress._compat import keras, tf  # noqa: F401
-from tfcompress.config.constants import DEFAULT_OUTLIER_PERCENTILE
+from tfcompress.config.constants import DEFAULT_ATTENTION_MASK_FLOOR, DEFAULT_OUTLIER_PERCENTILE
 from tfcompress.utils import get_logger
 
 log = get_logger("quantize")
@@ -259,7 +259,7 @@ def scale_outlier_channels(model, features, percentile: float = DEFAULT_OUTLIER_
 
 
 @contextlib.contextmanager
-def quantization_friendly(model, attention_mask_floor: float | None = -30.0,
+def quantization_friendly(model, attention_mask_floor: float | None = DEFAULT_ATTENTION_MASK_FLOOR,
                           explicit_layer_norm: bool = True):
     """Context manager: within it, ``model`` runs (and traces) as a quantization-friendly graph.
 

@@ -375,7 +375,7 @@ def check_builtin_only(content: bytes, allow_flex_ops: bool = False) -> None:
 
 
 def to_tflite_from_qat(model, seq_length: int = 128, representative=None, output_path=None,
-                       num_calibration: int = 200, attention_mask_floor: float | None = -30.0,
+                       num_calibration: int = 200, attention_mask_floor: float | None = DEFAULT_ATTENTION_MASK_FLOOR,
                        io_type: str = "float", denylisted_ops=(), denylisted_nodes=()) -> bytes:
     """Convert a QAT-wrapped model to a full-integer int8 TFLite flatbuffer.
 

@@ -25,6 +25,7 @@ included) leaves either the old or the new version of each file.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,7 +36,8 @@ from typing import Callable
 
 from tfcompress.config.constants import MODEL_STAGES, STAGE_ORDER
 from tfcompress.config.recipe import RecipeConfig
-from tfcompress.config.training import DistillConfig
+from tfcompress.config.training import TrainConfig
+from tfcompress.train.trainer import set_mixed_precision
 from tfcompress.data import encoding, readers
 from tfcompress.evaluate import metrics
 from tfcompress.models import loading
@@ -69,11 +71,9 @@ def _canonical(value):
     return value
 
 
-def config_hash(*parts, canonical: bool = True) -> str:
-    """16 hex digits of the parts' JSON; ``canonical=False``: the hash before integral floats were
-    folded to ints (folders written by tfcompress before that change)."""
-    parts = _canonical(list(parts)) if canonical else list(parts)
-    return hashlib.sha256(to_json(parts).encode()).hexdigest()[:16]
+def config_hash(*parts) -> str:
+    """16 hex digits of the parts' JSON, integral floats folded to ints."""
+    return hashlib.sha256(to_json(_canonical(list(parts))).encode()).hexdigest()[:16]
 
 
 def stage_config(config: RecipeConfig, name: str) -> dict:
@@ -84,22 +84,15 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
         "distill": ("student", "distill", "distill_train"),
         "prune": ("prune", "prune_train", "prune_distill"),
         "trim": ("trim",),
-        "qat": ("qat_train",),
+        "qat": ("qat", "qat_train"),
         "export": ("export",),
         "evaluate": ("evaluate",),
         "release": ("release",),
     }.get(name, ())
     for section in sections:
         base[section] = dataclasses.asdict(getattr(config, section))
-        if isinstance(getattr(config, section), DistillConfig) and not base[section]["augment_copies"]:
-            # added later: hashed only when augmentation is on, so older run folders keep their hash
-            for key in ("augment_copies", "augment_mask_prob", "augment_ngram_prob"):
-                del base[section][key]
     if name == "finetune":
-
-        pooling = resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
-        if pooling != "cls":  # absent for cls: run folders from before pooling existed keep their hash
-            base["pooling"] = pooling
+        base["pooling"] = resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
     return base
 
 
@@ -111,7 +104,6 @@ class Context:
         self.current_model: str = config.model
         self.stage_models: dict[str, str] = {}
         self.digest: str | None = None
-        self.accepted_digests: set[str] = set()  # digest plus its legacy form (see stage_hashes)
         self._cache: dict = {}
 
     # data -------------------------------------------------------------------------------
@@ -207,12 +199,11 @@ def read_manifest(output_dir: Path, name: str) -> dict | None:
 MARKER = ".config_hash"
 
 
-def _prepare_stage_dir(stage_dir: Path, digest: str, accepted: set[str] | None = None) -> None:
-    """Keep an interrupted stage's files (same hash, or one in ``accepted``: resume); empty the folder
-    when the hash changed."""
+def _prepare_stage_dir(stage_dir: Path, digest: str) -> None:
+    """Keep an interrupted stage's files (same hash: resume); empty the folder when the hash changed."""
     marker = stage_dir / MARKER
     previous = marker.read_text().strip() if marker.exists() else None
-    if stage_dir.exists() and previous not in (accepted or {digest}) and any(stage_dir.iterdir()):
+    if stage_dir.exists() and previous != digest and any(stage_dir.iterdir()):
         log.info("stage %s: config changed (%s -> %s), starting it afresh", stage_dir.name, previous, digest)
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -239,13 +230,13 @@ def _advance(context: Context, name: str, manifest: dict) -> None:
         context.stage_models[name] = context.current_model
 
 
-def stage_hashes(config: RecipeConfig, canonical: bool = True) -> dict[str, str]:
+def stage_hashes(config: RecipeConfig) -> dict[str, str]:
     """``{stage: config hash}`` in chain order. A stage's hash covers its own config section and the
     previous stage's hash, so a change upstream recomputes everything downstream and nothing above.
-    ``canonical=False``: the legacy hashes (see :func:`config_hash`), still accepted by :func:`run`."""
+    """
     hashes, digest = {}, None
     for name in config.stages:
-        digest = config_hash(digest, name, stage_config(config, name), canonical=canonical)
+        digest = config_hash(digest, name, stage_config(config, name))
         hashes[name] = digest
     return hashes
 
@@ -253,9 +244,28 @@ def stage_hashes(config: RecipeConfig, canonical: bool = True) -> dict[str, str]
 TRAINING_SECTIONS = {"finetune": "train", "distill": "distill_train", "prune": "prune_train", "qat": "qat_train"}
 
 
+def stage_training(config: RecipeConfig, name: str):
+    """The stage's TrainConfig (``train`` for the stages that do not train: their seed and dtype)."""
+    return getattr(config, TRAINING_SECTIONS.get(name, "train"))
+
+
 def stage_seed(config: RecipeConfig, name: str) -> int:
     """The seed a stage starts from: its training section's ``seed`` (``train.seed`` for the others)."""
-    return getattr(config, TRAINING_SECTIONS.get(name, "train")).seed
+    return stage_training(config, name).seed
+
+
+@contextlib.contextmanager
+def _dtype_policy(train: TrainConfig):
+    """Keras' global dtype policy for a training stage (``mixed_precision``), float32 again after:
+    the policy must be set before the stage builds its model, and must not leak into the next stage."""
+    if not train.mixed_precision:
+        yield
+        return
+    set_mixed_precision(train.mixed_precision)
+    try:
+        yield
+    finally:
+        set_mixed_precision(None)
 
 
 def run(config: RecipeConfig) -> Report:
@@ -268,22 +278,21 @@ def run(config: RecipeConfig) -> Report:
     context = Context(config)
     context.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(context.output_dir / "config.json", config.to_dict())
-    legacy = stage_hashes(config, canonical=False)  # folders written before integral floats were folded
     for name, digest in stage_hashes(config).items():
-        accepted = {digest, legacy[name]}
         manifest = read_manifest(context.output_dir, name)
-        if manifest and manifest.get("config_hash") in accepted:
+        if manifest and manifest.get("config_hash") == digest:
             log.info("stage %s: done already (config hash %s), skipped", name, manifest["config_hash"])
             _advance(context, name, manifest)
             continue
-        _prepare_stage_dir(context.stage_dir(name), digest, accepted)
+        _prepare_stage_dir(context.stage_dir(name), digest)
         log.info("stage %s: running (input model %s)", name, context.current_model)
-        context.digest, context.accepted_digests = digest, accepted
+        context.digest = digest
         # Seed right before the stage draws anything (new heads, the student, augmentation, data
         # order), from the stage's own seed: a resumed or partial run seeds each stage as a full one.
         set_seed(stage_seed(config, name))
         started = time.time()
-        record = STAGES[name](context) or {}
+        with _dtype_policy(stage_training(config, name)):
+            record = STAGES[name](context) or {}
         seconds = time.time() - started
         manifest = {"stage": name, "config_hash": digest, "seconds": round(seconds, 1),
                     "metrics": record.get("metrics", {}), "model_dir": record.get("model_dir"),

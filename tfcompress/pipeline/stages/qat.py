@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tfcompress._compat import tf
 from tfcompress.compress import qat
-from tfcompress.config import training
+from tfcompress.config import QATConfig
 from tfcompress.models import loading
 from tfcompress.pipeline.runner import Context, read_manifest, stage
 from tfcompress.pipeline.stages.common import (
@@ -23,12 +23,11 @@ from tfcompress.utils import atomic_dir, get_logger
 
 log = get_logger("pipeline")
 
-def apply_qat(model, calibration=None):
+def apply_qat(model, config: QATConfig, calibration=None):
     """Wrap the encoder Dense layers with TFMOT QAT wrappers; ``calibration`` (train data) sets the
     starting activation ranges (TFMOT's default -6/+6 would take thousands of steps to reach MiniLM's
     FFN outliers of ~200)."""
-    qconfig = training.QATConfig()
-    return qat.apply(model, qconfig, calibration=calibration), qconfig
+    return qat.apply(model, config, calibration=calibration)
 
 
 @stage("qat")
@@ -45,9 +44,9 @@ def qat_stage(context: Context) -> dict:
     started = time.time()
     model = context.load_model()
     input_metrics = input_model_metrics(context, model)
-    model, qconfig = apply_qat(model, calibration=context.encoded("train"))
+    model = apply_qat(model, config.qat, calibration=context.encoded("train"))
     train, evaluation = context.encoded("train"), context.encoded("eval")
-    hooks = qat.hooks(qconfig) if qconfig is not None else qat.hooks()
+    hooks = qat.hooks(config.qat)
     trainer = Trainer(model, config.task, config.qat_train, stage_dir, hooks=hooks,
                       label_names=context.label_names, stage="qat")
     result = trainer.fit(train, evaluation)
@@ -72,6 +71,6 @@ def qat_model(context: Context):
     """Rebuild the wrapped QAT model: its input model, ``qat.apply``, the saved QAT weights."""
     manifest = read_manifest(context.output_dir, "qat") or {}
     model = context.load_model(manifest.get("input_model"))
-    model, _ = apply_qat(model)
+    model = apply_qat(model, context.config.qat)
     tf.train.Checkpoint(model=model).read(str(context.stage_dir("qat") / "qat_weights" / "weights")).expect_partial()
     return model
