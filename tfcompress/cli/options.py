@@ -432,8 +432,17 @@ def print_summary(report: Report, output_dir) -> None:
     sys.stdout.flush()
 
 
+def expand_presets(argv: list[str], presets: dict[str, list[str]]) -> list[str]:
+    """``argv`` with each preset flag (``--quick``) replaced by its flags, placed first so that flags the
+    user also gives override the preset's."""
+    chosen = [flag for flag in presets if flag in argv]
+    rest = [arg for arg in argv if arg not in presets]
+    return [arg for flag in chosen for arg in presets[flag]] + rest
+
+
 def recipe_main(defaults: RecipeConfig, files: dict[str, str] | None, task_folder: str | None, description: str,
-                argv=None, data_dir: bool = True, prog: str | None = None) -> Report:
+                argv=None, data_dir: bool = True, prog: str | None = None,
+                presets: dict[str, list[str]] | None = None) -> Report:
     """Parse a recipe's command line, run it, print where the results are.
 
     Bad flags and bad ``--set`` overrides exit with code 2 and a message naming the field.
@@ -446,7 +455,11 @@ def recipe_main(defaults: RecipeConfig, files: dict[str, str] | None, task_folde
     add_recipe_arguments(parser, defaults, data_dir=data_dir and files is not None)
     if files is None:
         add_data_file_arguments(parser, defaults, task_choice=False)
-    args = parser.parse_args(argv)
+    presets = presets or {}
+    for flag, expansion in presets.items():
+        parser.add_argument(flag, action="store_true", help="the same as: " + " ".join(expansion))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(expand_presets(argv, presets))
     if args.model is None:
         args.model = latest_model(args.output_dir, chain_stages(args, defaults)[0]) or defaults.model
         log.info("starting model: %s", args.model)

@@ -63,9 +63,16 @@ DEFAULTS = RecipeConfig(
 FILES = {"train": "train.tsv", "eval": "validation.tsv", "test": "test.tsv"}
 
 
+# The README's main command: a result worth keeping in about 12 minutes on 2 cores. The 6-layer model
+# fine-tuned on a third of the training set, pruned 50 % (with itself as teacher), shipped as dynamic
+# and int8 artifacts: no student and no trimming (the distill stage alone takes 20 minutes).
+QUICK = ["--max-train-samples", "20000", "--epochs", "1", "--student-layers", "0", "--no-trim-vocab",
+         "--prune-epochs", "0.5", "--export", "dynamic,int8", "--output-dir", "runs/sst2-quick"]
+
+
 def main(argv=None, prog: str | None = None):
     """Run the recipe with command-line arguments ``argv`` (default: ``sys.argv[1:]``)."""
-    return recipe_main(DEFAULTS, FILES, "sst2", __doc__, argv=argv, prog=prog)
+    return recipe_main(DEFAULTS, FILES, "sst2", __doc__, argv=argv, prog=prog, presets={"--quick": QUICK})
 
 
 if __name__ == "__main__":
