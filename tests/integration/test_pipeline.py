@@ -234,9 +234,23 @@ def _in_process(command: list[str], monkeypatch) -> None:
     assert cli.main(command[3:]) == 0
 
 
-def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, stage_log, monkeypatch):
-    command, out = tiny_run
-    # 1. A real process, killed with SIGKILL as soon as the first stage has finished.
+@pytest.fixture(scope="module")
+def resumed_chain(tmp_path_factory, tiny_tokenizer):
+    """A chain killed with SIGKILL right after its first stage, then rerun to the end: the run folder
+    and the stages the rerun ran and skipped."""
+    import logging
+
+    from tfcompress.models.loading import save_model
+
+    folder = tmp_path_factory.mktemp("resumed_chain")
+    save_model(build_tiny_model("sequence"), tiny_tokenizer, folder / "tiny-model")
+    names = {0: "negative", 1: "positive"}
+    csv = folder / "train.csv"
+    csv.write_text("text,label\n" + "".join(f"{s},{names[l]}\n" for s, l in SST_ROWS))
+    out = folder / "run"
+    command = [sys.executable, "-m", "tfcompress.cli", "run", "custom_csv", "--smoke", "--model",
+               str(folder / "tiny-model"), "--train-file", str(csv), "--output-dir", str(out), "--batch-size", "4",
+               "--export", "fp32,int8", "--set", "train.learning_rate=0.003"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     try:
@@ -247,16 +261,39 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, stage_log,
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    json.loads((out / "report.json").read_text())  # never half-written
-    assert not (out / "release" / "manifest.json").exists()
-    finetune_manifest = (out / "finetune" / "manifest.json").read_text()
+    killed = {"returncode": process.returncode, "report": (out / "report.json").read_text(),
+              "release_manifest": (out / "release" / "manifest.json").exists(),
+              "finetune_manifest": (out / "finetune" / "manifest.json").read_text()}
+    messages: list[str] = []
 
-    # 2. The same command again: finetune is skipped, the rest runs, the report is complete.
-    _in_process(command, monkeypatch)
-    assert _skipped(stage_log) == ["finetune"]
-    assert _ran(stage_log) == ["prune", "export", "evaluate", "release"]
-    assert (out / "finetune" / "manifest.json").read_text() == finetune_manifest
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.INFO)
+    logging.getLogger("tfcompress").addHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            _in_process(command, patch)
+    finally:
+        logging.getLogger("tfcompress").removeHandler(handler)
+    return {"out": out, "command": command, "killed": killed, "ran": _ran(messages), "skipped": _skipped(messages)}
+
+
+def test_killed_run_resumes_without_redoing_finished_stages(resumed_chain):
+    killed, out = resumed_chain["killed"], resumed_chain["out"]
+    assert killed["returncode"] == -signal.SIGKILL
+    json.loads(killed["report"])  # never half-written
+    assert not killed["release_manifest"]
+    assert resumed_chain["skipped"] == ["finetune"]
+    assert resumed_chain["ran"] == ["prune", "export", "evaluate", "release"]
+    assert (out / "finetune" / "manifest.json").read_text() == killed["finetune_manifest"]
+    leftovers = [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not leftovers, leftovers
+
+
+def test_a_finished_chain_reports_every_stage_and_artifact(resumed_chain):
+    out = resumed_chain["out"]
     report = json.loads((out / "report.json").read_text())
     assert [stage["name"] for stage in report["stages"]] == CHAIN
     assert [artifact["name"] for artifact in report["artifacts"]] == ["fp32", "int8"]
@@ -270,7 +307,13 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, stage_log,
     export_record = next(s for s in report["stages"] if s["name"] == "export")
     # the default int8 artifact had its feed-forward outlier channels scaled (recorded); fp32 not
     assert [a.get("outlier_percentile") for a in export_record["artifacts"]] == [None, 90.0]
-    release = report["stages"][-1]
+    for name in CHAIN:
+        assert json.loads((out / name / "manifest.json").read_text())["stage"] == name
+
+
+def test_a_finished_chain_writes_release_bundles_report_table_plot_and_tensorboard(resumed_chain):
+    out = resumed_chain["out"]
+    release = json.loads((out / "report.json").read_text())["stages"][-1]
     assert "fp32" in release["released"]
     bundle = out / "release" / "fp32"
     assert (bundle / "model.tflite").exists()
@@ -278,23 +321,26 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_run, stage_log,
     assert "| fp32 (tflite) |" in (out / "report.md").read_text()
     assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     assert list((out / "tensorboard" / "summary").glob("events.out.tfevents.*"))
-    for name in CHAIN:
-        assert json.loads((out / name / "manifest.json").read_text())["stage"] == name
-    leftovers = [p for p in out.rglob("*") if ".tmp-" in p.name]
-    assert not leftovers, leftovers
 
-    # 3. A changed parity budget re-runs evaluate and release only.
-    stage_log.clear()
+
+def test_bench_times_the_artifacts_of_a_run_folder(resumed_chain):
+    from tfcompress.cli import commands as cli
+
+    assert cli.main(["bench", "--run-dir", str(resumed_chain["out"]), "--runs", "3", "--warmup", "1",
+                     "--threads", "1"]) == 0
+
+
+def test_a_changed_parity_budget_reruns_evaluate_and_release_only(resumed_chain, tmp_path, stage_log, monkeypatch):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(resumed_chain["out"], out)  # the shared run folder stays as the other tests expect it
+    command = [str(out) if part == str(resumed_chain["out"]) else part for part in resumed_chain["command"]]
     _in_process(command + ["--accuracy-budget", "5"], monkeypatch)
     assert _skipped(stage_log) == ["finetune", "prune", "export"]
     assert _ran(stage_log) == ["evaluate", "release"]
     report = json.loads((out / "report.json").read_text())
     assert all(artifact["accuracy_budget"] == 5.0 for artifact in report["artifacts"])
-
-    # 4. bench on the run folder's artifacts.
-    from tfcompress.cli import commands as cli
-
-    assert cli.main(["bench", "--run-dir", str(out), "--runs", "3", "--warmup", "1", "--threads", "1"]) == 0
 
 
 def test_every_declared_stage_is_registered():
@@ -542,3 +588,58 @@ def test_mixed_precision_reaches_the_training_stage_and_does_not_leak(tiny_run, 
     assert seen == [("mixed_bfloat16", "mixed_bfloat16")]
     assert keras.mixed_precision.global_policy().name == "float32"
     assert json.loads((out / "finetune" / "manifest.json").read_text())["stage"] == "finetune"
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_tokenizer):
+    """One chain exporting fp32 and int16x8, gated against the fine-tuned model, releasing int16x8 only."""
+    from tfcompress.cli import commands as cli
+    from tfcompress.models.loading import save_model
+
+    folder = tmp_path_factory.mktemp("reference_run")
+    save_model(build_tiny_model("sequence"), tiny_tokenizer, folder / "tiny-model")
+    csv = folder / "train.csv"
+    csv.write_text("text,label\n" + "".join(f"{s},{l}\n" for s, l in SST_ROWS))
+    out = folder / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", list(sys.argv))
+        assert cli.main(["run", "custom_csv", "--smoke", "--model", str(folder / "tiny-model"), "--train-file",
+                         str(csv), "--output-dir", str(out), "--batch-size", "4", "--stages",
+                         "finetune,export,evaluate,release", "--export", "fp32,int16x8", "--accuracy-budget", "100",
+                         "--set", "evaluate.reference=finetune", "--set", "release.artifacts=int16x8"]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_int16x8_goes_through_export_evaluate_and_release(reference_run):
+    out, report = reference_run
+    int16 = next(a for a in report["artifacts"] if a["name"] == "int16x8")
+    assert int16["quantization"] == "int16x8" and int16["size_bytes"] > 0 and "agreement" in int16
+    assert (out / "release" / "int16x8" / "model.tflite").is_file()
+
+
+def test_reference_finetune_gates_every_artifact_against_the_fine_tuned_metric(reference_run):
+    _, report = reference_run
+    finetuned = next(s for s in report["stages"] if s["name"] == "finetune")["metrics"]["accuracy"]
+    for artifact in report["artifacts"]:
+        assert artifact["reference"] == "finetune"
+        assert artifact["reference_metric"] == pytest.approx(finetuned)
+
+
+def test_release_artifacts_releases_only_the_listed_ones(reference_run):
+    out, report = reference_run
+    release = next(s for s in report["stages"] if s["name"] == "release")
+    assert release["released"] == ["int16x8"]
+    assert sorted(p.name for p in (out / "release").iterdir() if p.is_dir()) == ["int16x8"]
+
+
+def test_reference_finetune_without_a_finetune_stage_is_refused(reference_run, tmp_path, monkeypatch):
+    from tfcompress.cli import commands as cli
+
+    out, _ = reference_run
+    csv = out.parent / "train.csv"
+    other = tmp_path / "no-finetune"
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(ValueError, match="reference='finetune' needs a finetune stage"):
+        cli.main(["run", "custom_csv", "--smoke", "--model", str(out / "finetune" / "model"), "--train-file", str(csv),
+                  "--output-dir", str(other), "--batch-size", "4", "--stages", "export,evaluate", "--export", "fp32",
+                  "--set", "evaluate.reference=finetune"])

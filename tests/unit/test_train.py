@@ -158,3 +158,17 @@ def test_mirrored_strategy_matches_single_device(tmp_path, tiny_vocab_dir):
     assert result["replicas"] == 2
     assert result["moved"] > 1e-3
     assert result["max_diff"] < 1e-5
+
+
+def test_early_stopping_ends_training_after_patience_evaluations_without_gain(tmp_path, sst_encoded):
+    """A learning rate too small to move the metric: the first evaluation is the best, the next
+    ``early_stopping_patience`` ones bring nothing, and training stops there instead of at max_steps."""
+    model = seeded_weights(build_tiny_model("sequence"))
+    config = TrainConfig(max_steps=12, batch_size=4, learning_rate=1e-12, warmup_ratio=0.0, eval_every=1,
+                         early_stopping_patience=2, checkpoint_every=100, log_every=100)
+    result = Trainer(model, "sequence", config, tmp_path / "run").fit(sst_encoded, sst_encoded)
+    assert result["steps"] == 3  # evaluations at steps 1 (best), 2 and 3 (no gain: patience 2 reached)
+    assert result["best_step"] == 1
+    never = TrainConfig(max_steps=6, batch_size=4, learning_rate=1e-12, warmup_ratio=0.0, eval_every=1,
+                        checkpoint_every=100, log_every=100)
+    assert Trainer(model, "sequence", never, tmp_path / "never").fit(sst_encoded, sst_encoded)["steps"] == 6
