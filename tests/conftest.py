@@ -48,14 +48,14 @@ def tiny_config(model_type: str = "bert", **overrides):
 
     common = dict(vocab_size=len(VOCAB), pad_token_id=0)
     if model_type == "distilbert":
-        kwargs = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
+        kwargs = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512,
                       dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)
     else:
         kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      max_position_embeddings=64, hidden_dropout_prob=0.0,
+                      max_position_embeddings=512, hidden_dropout_prob=0.0,
                       attention_probs_dropout_prob=0.0, type_vocab_size=2)
         if model_type == "roberta":
-            kwargs["max_position_embeddings"] = 66  # RoBERTa offsets positions by padding_idx + 1
+            kwargs["max_position_embeddings"] = 514  # RoBERTa offsets positions by padding_idx + 1
             common["pad_token_id"] = 1
         if model_type == "electra":
             kwargs["embedding_size"] = 16

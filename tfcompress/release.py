@@ -8,6 +8,7 @@ from typing import Sequence
 from tfcompress.config.constants import SIGNATURE_KEY
 from tfcompress.evaluate.runtime import TFLiteModel, sizes
 from tfcompress.utils import atomic_dir, atomic_write_json, atomic_write_text, get_logger
+from tfcompress.errors import TfcompressError
 
 log = get_logger("export")
 
@@ -15,7 +16,7 @@ log = get_logger("export")
 # Release bundle for mobile apps
 
 
-class RegressedArtifactError(RuntimeError):
+class RegressedArtifactError(TfcompressError, RuntimeError):
     """The artifact failed the parity gate and ``allow_regression`` was not given."""
 
 def _tokenizer_settings(tokenizer, seq_length: int) -> dict:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from tfcompress.cli.formatting import FORMATTER
+from tfcompress.errors import TfcompressError
 
 
 def add_parser(subparsers) -> None:
@@ -58,8 +60,12 @@ def command(args) -> int:
 
     from tfcompress.evaluate.runtime import TFLiteModel, sizes  # deferred: LiteRT loads only to time
 
-    interpreters = {(path, count): TFLiteModel(path, num_threads=count, xnnpack=not args.no_xnnpack)
-                    for path in paths for count in threads}
+    try:
+        interpreters = {(path, count): TFLiteModel(path, num_threads=count, xnnpack=not args.no_xnnpack)
+                        for path in paths for count in threads}
+    except TfcompressError as error:
+        print(f"tfcompress bench: error: {error}", file=sys.stderr)
+        return 2
     samples = {key: [] for key in interpreters}
     for _ in range(args.rounds):
         for key, model in interpreters.items():

@@ -142,7 +142,7 @@ def _stage_command(args) -> int:
         config = options.config_from_args(args, defaults, stages=stages)
     except ValueError as error:
         parser.error(str(error))
-    report = runner.run(config)
+    report = options.run_reporting_user_errors(runner.run, config, args.debug)
     options.print_summary(report, config.output_dir)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from tfcompress.config.constants import EXPORT_MODES, STAGE_ORDER
 from tfcompress.config.recipe import RecipeConfig
 from tfcompress.report import Report
 from tfcompress.utils import get_logger
+from tfcompress.errors import ConfigError
+from tfcompress.errors import TfcompressError
 
 log = get_logger("pipeline")
 # ------------------------------------------------------------------------------ command line
@@ -51,6 +54,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig
                        help="use the first N training examples (0: all; default: %(default)s)")
     group.add_argument("--seed", type=int, default=defaults.train.seed,
                        help="seed of weights' initialisation and data order, every stage (default: %(default)s)")
+    group.add_argument("--debug", action="store_true", default=debug_from_environment(),
+                       help="show the traceback of a user error too (also: TFCOMPRESS_DEBUG=1)")
     group.add_argument("--smoke", action="store_true",
                        help="seconds-long run of the same code path: 256 train / 128 eval / 128 test examples, "
                             "1 epoch per training stage, 32 calibration examples, 20 latency runs")
@@ -267,7 +272,7 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         config.student.teacher = args.distill_from
     if has("student_layers"):
         if args.student_layers < 0:
-            raise ValueError(f"--student-layers {args.student_layers}: must be >= 1, or 0 for no student")
+            raise ConfigError(f"--student-layers {args.student_layers}: must be >= 1, or 0 for no student")
         config.student.num_layers = args.student_layers or config.student.num_layers
     for flag, name in (("temperature", "temperature"), ("alpha", "alpha"),
                        ("hidden_loss_weight", "hidden_loss_weight"), ("attention_loss_weight", "attention_loss_weight"),
@@ -317,12 +322,12 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
     if files is not None:
         data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir(task_folder)
         if data_dir is None:
-            raise ValueError(f"no data for {task_folder}: pass --data-dir, or put {', '.join(files.values())} "
+            raise ConfigError(f"no data for {task_folder}: pass --data-dir, or put {', '.join(files.values())} "
                              f"in {Path.cwd().parent / 'shared' / 'data' / task_folder}")
         for split, filename in files.items():
             path = data_dir / filename
             if not path.exists():
-                raise ValueError(f"{path} not found (--data-dir {data_dir} must hold {', '.join(files.values())})")
+                raise ConfigError(f"{path} not found (--data-dir {data_dir} must hold {', '.join(files.values())})")
             setattr(config.data, f"{split}_file", str(path))
     elif has("train_file"):
         config.data.train_file = args.train_file
@@ -333,7 +338,7 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         for split in ("train", "eval", "test"):
             path = getattr(config.data, f"{split}_file")
             if not Path(path).is_file():
-                raise ValueError(f"--{split}-file {path}: no such file")
+                raise ConfigError(f"--{split}-file {path}: no such file")
     config.validate()
     return config
 
@@ -346,7 +351,7 @@ def apply_override(config, assignment: str) -> None:
             that does not convert (``--set 'train.epochs=two': 'two' is not a number``).
     """
     if "=" not in assignment:
-        raise ValueError(f"--set {assignment!r}: expected FIELD=VALUE, e.g. train.epochs=2")
+        raise ConfigError(f"--set {assignment!r}: expected FIELD=VALUE, e.g. train.epochs=2")
     dotted, raw = assignment.split("=", 1)
     target = config
     parts = dotted.strip().split(".")
@@ -355,21 +360,21 @@ def apply_override(config, assignment: str) -> None:
                 or not dataclasses.is_dataclass(getattr(target, part)):
             known = sorted(f.name for f in dataclasses.fields(target) if dataclasses.is_dataclass(getattr(target, f.name))) \
                 if dataclasses.is_dataclass(target) else []
-            raise ValueError(f"--set {assignment!r}: no config section {'.'.join(parts[:index + 1])!r}; "
+            raise ConfigError(f"--set {assignment!r}: no config section {'.'.join(parts[:index + 1])!r}; "
                              f"known sections: {known}")
         target = getattr(target, part)
     name = parts[-1]
     fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
     if name not in fields:
-        raise ValueError(f"--set {assignment!r}: unknown field {dotted!r}; known: {sorted(fields)}")
+        raise ConfigError(f"--set {assignment!r}: unknown field {dotted!r}; known: {sorted(fields)}")
     if dataclasses.is_dataclass(getattr(target, name)):
-        raise ValueError(f"--set {assignment!r}: {dotted!r} is a section; set one of its fields, e.g. "
+        raise ConfigError(f"--set {assignment!r}: {dotted!r} is a section; set one of its fields, e.g. "
                          f"{dotted}.{dataclasses.fields(getattr(target, name))[0].name}=...")
     current = getattr(target, name)
     try:
         value = _convert(raw, current, fields[name])
     except ValueError as error:
-        raise ValueError(f"--set {assignment!r}: field {dotted!r}: {error}") from None
+        raise ConfigError(f"--set {assignment!r}: field {dotted!r}: {error}") from None
     setattr(target, name, value)
 
 
@@ -386,7 +391,7 @@ def _convert(raw: str, current, spec: dataclasses.Field | None = None):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{raw!r} is not a boolean (true/false)")
+        raise ConfigError(f"{raw!r} is not a boolean (true/false)")
     sequence = isinstance(current, (list, tuple)) or annotation.startswith(("list", "tuple"))
     if sequence:
         items = [item.strip() for item in text.split(",") if item.strip()]
@@ -396,7 +401,7 @@ def _convert(raw: str, current, spec: dataclasses.Field | None = None):
             try:
                 items = [convert(item) for item in items]
             except ValueError:
-                raise ValueError(f"{raw!r} is not a comma-separated list of {convert.__name__}s") from None
+                raise ConfigError(f"{raw!r} is not a comma-separated list of {convert.__name__}s") from None
         return tuple(items) if isinstance(current, tuple) or annotation.startswith("tuple") else items
     base = annotation.split("|")[0].strip() if spec is not None else annotation
     if base in ("int", "float") or (isinstance(current, (int, float)) and base not in ("str", "Any")):
@@ -404,11 +409,11 @@ def _convert(raw: str, current, spec: dataclasses.Field | None = None):
             try:
                 return int(text)
             except ValueError:
-                raise ValueError(f"{raw!r} is not an integer") from None
+                raise ConfigError(f"{raw!r} is not an integer") from None
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
+            raise ConfigError(f"{raw!r} is not a number") from None
     if base == "str":
         return raw
     try:  # untyped (Any) fields: JSON when it parses (numbers, lists), else the text
@@ -430,6 +435,23 @@ def print_summary(report: Report, output_dir) -> None:
     if release:
         print(f"  released: {', '.join(release['released']) or 'nothing'} in {output_dir / 'release'}")
     sys.stdout.flush()
+
+
+def debug_from_environment() -> bool:
+    return os.environ.get("TFCOMPRESS_DEBUG", "") not in ("", "0")
+
+
+def run_reporting_user_errors(run, config: RecipeConfig, debug: bool):
+    """``run(config)``; a :class:`TfcompressError` (bad data, model folder, artifact...) is printed as one
+    line and exits with code 2, with its traceback only under ``--debug``. Other exceptions are bugs
+    and propagate with their traceback."""
+    try:
+        return run(config)
+    except TfcompressError as error:
+        if debug:
+            raise
+        print(f"tfcompress: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def expand_presets(argv: list[str], presets: dict[str, list[str]]) -> list[str]:
@@ -467,6 +489,6 @@ def recipe_main(defaults: RecipeConfig, files: dict[str, str] | None, task_folde
         config = config_from_args(args, defaults, files, task_folder)
     except ValueError as error:
         parser.error(str(error))
-    report = run(config)
+    report = run_reporting_user_errors(run, config, args.debug)
     print_summary(report, config.output_dir)
     return report

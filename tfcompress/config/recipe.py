@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from tfcompress.config.constants import DEFAULT_INT8_FLOAT_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES, STAGE_ORDER
 from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, TrainConfig
 from tfcompress.utils import to_json
+from tfcompress.errors import ConfigError
 
 
 @dataclass
@@ -35,10 +36,10 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.max_length < 2:
-            raise ValueError(f"data.max_length={self.max_length!r}: must be >= 2 ([CLS] and [SEP])")
+            raise ConfigError(f"data.max_length={self.max_length!r}: must be >= 2 ([CLS] and [SEP])")
         for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
             if getattr(self, name) < 0:
-                raise ValueError(f"data.{name}={getattr(self, name)!r}: must be >= 0 (0: all)")
+                raise ConfigError(f"data.{name}={getattr(self, name)!r}: must be >= 0 (0: all)")
 
 
 @dataclass
@@ -56,7 +57,7 @@ class StudentConfig:
 
     def validate(self) -> None:
         if not isinstance(self.num_layers, int) or self.num_layers < 1:
-            raise ValueError(f"student.num_layers={self.num_layers!r}: must be an integer >= 1")
+            raise ConfigError(f"student.num_layers={self.num_layers!r}: must be an integer >= 1")
 
 
 @dataclass
@@ -73,7 +74,7 @@ class TrimStageConfig:
 
     def validate(self) -> None:
         if not isinstance(self.keep_first, int) or self.keep_first < 0:
-            raise ValueError(f"trim.keep_first={self.keep_first!r}: must be an integer >= 0")
+            raise ConfigError(f"trim.keep_first={self.keep_first!r}: must be an integer >= 0")
 
 
 @dataclass
@@ -122,23 +123,23 @@ class ExportStageConfig:
     def validate(self) -> None:
         unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
         if not self.modes or unknown or len(set(self.modes)) != len(self.modes):
-            raise ValueError(f"export.modes={self.modes!r}: must be distinct modes from {list(EXPORT_MODES)}"
+            raise ConfigError(f"export.modes={self.modes!r}: must be distinct modes from {list(EXPORT_MODES)}"
                              + (f"; unknown: {unknown}" if unknown else ""))
         if self.seq_length < 0 or self.seq_length == 1:
-            raise ValueError(f"export.seq_length={self.seq_length!r}: must be 0 (from the data) or >= 2")
+            raise ConfigError(f"export.seq_length={self.seq_length!r}: must be 0 (from the data) or >= 2")
         if not 0 < self.seq_percentile <= 100:
-            raise ValueError(f"export.seq_percentile={self.seq_percentile!r}: must be in (0, 100]")
+            raise ConfigError(f"export.seq_percentile={self.seq_percentile!r}: must be in (0, 100]")
         if self.num_calibration < 1:
-            raise ValueError(f"export.num_calibration={self.num_calibration!r}: must be >= 1")
+            raise ConfigError(f"export.num_calibration={self.num_calibration!r}: must be >= 1")
         if self.io_type not in ("float", "int8"):
-            raise ValueError(f"export.io_type={self.io_type!r}: must be 'float' or 'int8'")
+            raise ConfigError(f"export.io_type={self.io_type!r}: must be 'float' or 'int8'")
         if not self.int8_select_budget >= 0:
-            raise ValueError(f"export.int8_select_budget={self.int8_select_budget!r}: must be >= 0 points (0 = off)")
+            raise ConfigError(f"export.int8_select_budget={self.int8_select_budget!r}: must be >= 0 points (0 = off)")
         if not 0 <= self.int8_outlier_percentile <= 100:
-            raise ValueError(f"export.int8_outlier_percentile={self.int8_outlier_percentile!r}: must be in "
+            raise ConfigError(f"export.int8_outlier_percentile={self.int8_outlier_percentile!r}: must be in "
                              "(0, 100], or 0 for off")
         if self.int8_select_examples < 1:
-            raise ValueError(f"export.int8_select_examples={self.int8_select_examples!r}: must be >= 1")
+            raise ConfigError(f"export.int8_select_examples={self.int8_select_examples!r}: must be >= 1")
 
 
 @dataclass
@@ -162,14 +163,14 @@ class EvaluateStageConfig:
 
     def validate(self) -> None:
         if not self.accuracy_budget >= 0:
-            raise ValueError(f"evaluate.accuracy_budget={self.accuracy_budget!r}: must be >= 0 points")
+            raise ConfigError(f"evaluate.accuracy_budget={self.accuracy_budget!r}: must be >= 0 points")
         if self.reference not in ("source", "finetune"):
-            raise ValueError(f"evaluate.reference={self.reference!r}: must be 'source' or 'finetune'")
+            raise ConfigError(f"evaluate.reference={self.reference!r}: must be 'source' or 'finetune'")
         for name in ("latency_runs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"evaluate.{name}={getattr(self, name)!r}: must be >= 1")
+                raise ConfigError(f"evaluate.{name}={getattr(self, name)!r}: must be >= 1")
         if self.latency_warmup < 0:
-            raise ValueError(f"evaluate.latency_warmup={self.latency_warmup!r}: must be >= 0")
+            raise ConfigError(f"evaluate.latency_warmup={self.latency_warmup!r}: must be >= 0")
 
 
 @dataclass
@@ -187,7 +188,7 @@ class ReleaseStageConfig:
     def validate(self) -> None:
         unknown = [name for name in self.artifacts if name not in EXPORT_MODES and name != "qat-int8"]
         if unknown:
-            raise ValueError(f"release.artifacts={self.artifacts!r}: unknown artifact names {unknown}")
+            raise ConfigError(f"release.artifacts={self.artifacts!r}: unknown artifact names {unknown}")
 
 
 @dataclass
@@ -259,20 +260,23 @@ class RecipeConfig:
     def validate(self) -> None:
         """Check every section; ``ValueError`` names the field (``prune_train.epochs=0: ...``)."""
         if self.task not in ("sequence", "token"):
-            raise ValueError(f"task={self.task!r}: must be 'sequence' or 'token'")
+            raise ConfigError(f"task={self.task!r}: must be 'sequence' or 'token'")
         if self.pooling not in ("auto", "cls", "mean") or (self.task == "token" and self.pooling == "mean"):
-            raise ValueError(f"pooling={self.pooling!r}: 'auto', 'cls' or 'mean' for sequence tasks, 'auto' or "
+            raise ConfigError(f"pooling={self.pooling!r}: 'auto', 'cls' or 'mean' for sequence tasks, 'auto' or "
                              "'cls' for token tasks")
         unknown = [s for s in self.stages if s not in STAGE_ORDER]
         if not self.stages or unknown:
-            raise ValueError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGE_ORDER)}")
+            raise ConfigError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGE_ORDER)}")
         if len(set(self.stages)) != len(self.stages):
-            raise ValueError(f"stages={self.stages!r}: a stage appears twice")
+            raise ConfigError(f"stages={self.stages!r}: a stage appears twice")
+        if self.stages != sorted(self.stages, key=STAGE_ORDER.index):
+            raise ConfigError(f"stages={self.stages!r} (--stages): out of order; the chain runs "
+                              f"{' -> '.join(s for s in STAGE_ORDER if s in self.stages)}")
         if self.distill.augment_copies and self.task != "sequence":
-            raise ValueError(f"distill.augment_copies={self.distill.augment_copies}: augmentation is for "
+            raise ConfigError(f"distill.augment_copies={self.distill.augment_copies}: augmentation is for "
                              f"sequence tasks (word masking, n-gram sampling); task is {self.task!r}")
         if self.prune_distill.augment_copies:
-            raise ValueError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
+            raise ConfigError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
                              "stage does not augment; set distill.augment_copies")
         for section in ("data", "student", "distill", "prune", "prune_distill", "trim", "qat", "export", "evaluate",
                         "release"):
@@ -282,6 +286,6 @@ class RecipeConfig:
                 getattr(self, section).validate()
             except ValueError as error:
                 message = str(error)
-                raise ValueError(f"{section}.{message[len('train.'):]}" if message.startswith("train.")
+                raise ConfigError(f"{section}.{message[len('train.'):]}" if message.startswith("train.")
                                  else f"{section}: {message}") from None
 

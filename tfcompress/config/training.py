@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tfcompress.config.constants import DERIVED_MASK_UPDATES, SCHEDULES, STRUCTURES, TEMPERATURE_SCHEDULES
+from tfcompress.errors import ConfigError
 
 
 @dataclass
@@ -65,7 +66,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         def bad(field: str, why: str):
-            raise ValueError(f"train.{field}={getattr(self, field)!r}: {why}")
+            raise ConfigError(f"train.{field}={getattr(self, field)!r}: {why}")
 
         if not self.epochs > 0 and not self.max_steps > 0:
             bad("epochs", "must be > 0 (or set max_steps)")
@@ -155,7 +156,7 @@ class PruneConfig:
 
     def validate(self) -> None:
         def bad(name: str, why: str):
-            raise ValueError(f"prune.{name}={getattr(self, name)!r}: {why}")
+            raise ConfigError(f"prune.{name}={getattr(self, name)!r}: {why}")
 
         for name in ("final_sparsity", "initial_sparsity", "end_fraction"):
             value = getattr(self, name)
@@ -230,25 +231,25 @@ class PruneConfig:
                 or ``end_step`` lies after the last step (the final sparsity would never be applied).
         """
         if total_steps is not None and (not isinstance(total_steps, (int, np.integer)) or total_steps < 1):
-            raise ValueError(f"total_steps={total_steps!r}: must be a positive integer (optimizer steps)")
+            raise ConfigError(f"total_steps={total_steps!r}: must be a positive integer (optimizer steps)")
         begin = self.begin_step
         if self.structure == "2:4":
             # TFMOT computes m-by-n masks once, at schedule step 1, whatever the schedule says.
             return 0, -1, 1
         if self.end_step is None:
             if total_steps is None:
-                raise ValueError("prune.end_step=None: derived from the training length, so pass "
+                raise ConfigError("prune.end_step=None: derived from the training length, so pass "
                                  "total_steps (optimizer steps of the run) or set end_step")
             target = int(self.end_fraction * total_steps)
             span = target - begin
             if span < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"prune.begin_step={begin}: no room to prune before end_fraction={self.end_fraction} "
                     f"x total_steps={total_steps} = step {target}; lower begin_step or set end_step")
             frequency = self.frequency or max(1, span // DERIVED_MASK_UPDATES)
             end = begin + (span // frequency) * frequency
             if end <= begin:
-                raise ValueError(f"prune.frequency={frequency}: larger than the pruning window "
+                raise ConfigError(f"prune.frequency={frequency}: larger than the pruning window "
                                  f"{begin}..{target}; lower it")
         else:
             end = self.end_step
@@ -262,7 +263,7 @@ class PruneConfig:
                 # the largest divisor of the window not above the limit: end_step stays an update step
                 frequency = max((d for d in range(1, limit + 1) if span % d == 0), default=1)
         if total_steps is not None and end > total_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"prune.end_step={end}: after the last training step (total_steps={total_steps}), so "
                 f"the final sparsity {self.final_sparsity} would never be applied")
         return begin, end, frequency
@@ -317,7 +318,7 @@ class DistillConfig:
 
     def validate(self) -> None:
         def bad(field, why):
-            raise ValueError(f"DistillConfig.{field}={getattr(self, field)!r}: {why}")
+            raise ConfigError(f"DistillConfig.{field}={getattr(self, field)!r}: {why}")
 
         if not _is_number(self.temperature) or not self.temperature > 0:
             bad("temperature", "must be a number > 0")
@@ -383,23 +384,23 @@ def _parse_layer_map(value):
                 continue
             parts = item.split(":")
             if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"{where}: expected 'teacher:student' pairs such as '2:1,4:2,6:3', "
+                raise ConfigError(f"{where}: expected 'teacher:student' pairs such as '2:1,4:2,6:3', "
                                  f"got item {item!r}")
             pairs.append((int(parts[0]), int(parts[1])))
         value = pairs
     if isinstance(value, dict):
-        raise ValueError(f"{where}: give a sequence of (teacher_layer, student_layer) pairs, not a dict "
+        raise ConfigError(f"{where}: give a sequence of (teacher_layer, student_layer) pairs, not a dict "
                          "(a dict cannot map one teacher layer to two student layers or say which "
                          "side is which)")
     try:
         pairs = tuple((int(t), int(s)) for t, s in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected (teacher_layer, student_layer) integer pairs") from None
+        raise ConfigError(f"{where}: expected (teacher_layer, student_layer) integer pairs") from None
     if not pairs:
-        raise ValueError(f"{where}: is empty; use None for the uniform map")
+        raise ConfigError(f"{where}: is empty; use None for the uniform map")
     for t, s in pairs:
         if t < 0 or s < 0:
-            raise ValueError(f"{where}: layer numbers are 1-based block numbers (0 = embeddings), "
+            raise ConfigError(f"{where}: layer numbers are 1-based block numbers (0 = embeddings), "
                              f"got ({t}, {s})")
     return pairs
 
@@ -437,7 +438,7 @@ class QATConfig:
 
     def validate(self) -> None:
         def bad(name: str, why: str):
-            raise ValueError(f"qat.{name}={getattr(self, name)!r}: {why}")
+            raise ConfigError(f"qat.{name}={getattr(self, name)!r}: {why}")
 
         if self.preserve_sparsity is not None and not isinstance(self.preserve_sparsity, bool):
             bad("preserve_sparsity", "must be True, False or None (decide per layer from its zeros)")

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Sequence
 
 from tfcompress.utils import get_logger
+from tfcompress.errors import TfcompressError
 
 _log = get_logger("data")
 
 
-class DataError(ValueError):
+class DataError(TfcompressError, ValueError):
     """Bad input data. The message reads ``path:line: what was wrong; expected ...``."""
 
     def __init__(self, path, line: int | None, problem: str, expected: str):
@@ -167,7 +168,7 @@ def _rows_delimited(path: Path, text: str, fmt: str, text_column: str, label_col
             if column not in header:
                 raise DataError(path, header_line, f"no column {column!r} in header {header}",
                                 f"a header with columns {text_column!r} and {label_column!r} "
-                                "(set text_column=/label_column= for other names)")
+                                "(other names: --text-column / --label-column)")
         text_index, label_index = header.index(text_column), header.index(label_column)
         for row in reader:
             line = reader.line_num
@@ -200,7 +201,7 @@ def _rows_jsonl(path: Path, text: str, text_column: str, label_column: str):
             if column not in record:
                 raise DataError(path, line, f"no key {column!r} (keys: {sorted(record)})",
                                 f"keys {text_column!r} and {label_column!r} "
-                                "(set text_column=/label_column= for other names)")
+                                "(other names: --text-column / --label-column)")
         value = record[text_column]
         if not isinstance(value, str):
             raise DataError(path, line, f"{text_column!r} is a {type(value).__name__}", "a string")
@@ -229,9 +230,10 @@ def read_text_classification(path, text_column: str = "sentence", label_column: 
         path: the file.
         text_column: column (or JSON key) holding the text.
         label_column: column (or JSON key) holding the label, an integer or a string.
-        label_names: the classes, in label-id order. A label equal to a name gets that name's index;
-            otherwise an integer label ``0 <= k < len(label_names)`` is taken as the index. Any other
-            label raises DataError. When None, the names are inferred from this file: integer labels
+        label_names: the classes, in label-id order (the training file's). Every label must be one
+            of these names (integer labels compare as integers: ``01`` is ``1``); any other label
+            raises DataError naming the line, never a silent index. When None, the names are inferred
+            from this file: integer labels
             sorted numerically (names are their strings: ``["0", "1"]``), otherwise strings sorted.
             Pass the training file's ``label_names`` when reading evaluation files, so that a class
             missing from a small file does not shift the ids.
@@ -262,13 +264,13 @@ def read_text_classification(path, text_column: str = "sentence", label_column: 
     texts, labels = [], []
     for line, sentence, raw in rows:
         label = index.get(raw)
-        if label is None and label_names is not None and _is_int(raw) and 0 <= int(raw) < len(names):
-            label = int(raw)
-        if label is None and label_names is None and _is_int(raw):
+        if label is None and _is_int(raw):
             label = index.get(str(int(raw)))  # "01" -> "1"
         if label is None:
-            raise DataError(path, line, f"unknown label {raw!r}",
-                            f"one of {names} or an integer index below {len(names)}")
+            where = "the training file's labels" if label_names is not None else "this file's labels"
+            raise DataError(path, line, f"unknown label {raw!r}", f"one of {where} {names}")
+        if not sentence.strip():
+            raise DataError(path, line, f"empty text in column {text_column!r}", "a non-empty text")
         texts.append(sentence)
         labels.append(label)
     return TextClassificationExamples(texts=texts, labels=labels, label_names=names, source=str(path))

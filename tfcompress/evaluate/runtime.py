@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from tfcompress.utils import get_logger, gzip_size
+from tfcompress.errors import ArtifactError
 
 log = get_logger("runtime")
 
@@ -40,7 +41,10 @@ def _interpreter(model, num_threads: int = 1, xnnpack: bool = True):
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if isinstance(model, (bytes, bytearray)):
         return Interpreter(model_content=bytes(model), num_threads=num_threads, experimental_op_resolver_type=resolver)
-    return Interpreter(model_path=str(model), num_threads=num_threads, experimental_op_resolver_type=resolver)
+    try:
+        return Interpreter(model_path=str(model), num_threads=num_threads, experimental_op_resolver_type=resolver)
+    except ValueError as error:  # LiteRT's message does not name the file
+        raise ArtifactError(f"{model}: not a readable .tflite flatbuffer ({error}); re-export it") from None
 
 
 class TFLiteModel:

@@ -45,11 +45,12 @@ from tfcompress.evaluate.runtime import op_names
 from tfcompress.export.rewrites import quantization_friendly, scale_outlier_channels
 from tfcompress.models.facts import model_input_names
 from tfcompress.utils import atomic_write_bytes, get_logger
+from tfcompress.errors import ArtifactError
 
 log = get_logger("export")
 
 
-class FlexOpsError(RuntimeError):
+class FlexOpsError(ArtifactError, RuntimeError):
     """Conversion would need TensorFlow (flex) ops that the plain TFLite runtime does not have."""
 
 @dataclasses.dataclass

@@ -53,3 +53,18 @@ def ensure_built(model) -> None:
     """Call ``model`` once on its dummy inputs if it has no variables yet."""
     if not model.built or not model.variables:
         model(model.dummy_inputs, training=False)
+
+
+# Models whose position ids start after the padding id (RoBERTa's scheme): two of their
+# max_position_embeddings rows are never used by real tokens (514 rows -> 512 tokens).
+OFFSET_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def max_tokens(model_config) -> int | None:
+    """The longest input (special tokens included) the model's position table holds, or None."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if model_config.model_type in OFFSET_POSITION_MODELS:
+        limit -= int(model_config.pad_token_id or 0) + 1
+    return int(limit)

@@ -43,6 +43,7 @@ from tfcompress.models import heads
 from tfcompress.models.facts import count_params
 from tfcompress.models.surgery import find_layers
 from tfcompress.utils import atomic_dir, get_logger
+from tfcompress.errors import TfcompressError
 
 logger = get_logger("models")
 
@@ -64,7 +65,7 @@ HUB_ALLOW_PATTERNS = [
 ]
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(TfcompressError, FileNotFoundError):
     """No model directory could be found; ``tried`` lists every place looked at, in order."""
     def __init__(self, name: str, tried: list[str]):
         self.name = name
@@ -76,10 +77,10 @@ class ModelNotFoundError(FileNotFoundError):
         return self.args[0]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(TfcompressError, RuntimeError):
     """A model directory was found but could not be loaded (missing or broken files)."""
 
-class LabelMismatchError(ValueError):
+class LabelMismatchError(TfcompressError, ValueError):
     """A fine-tuned model's labels differ from the labels asked for."""
 
 # --------------------------------------------------------------------------------------------------
@@ -348,6 +349,33 @@ def resolve_pooling(pooling: str, name_or_path: str | None, task: str = "sequenc
     return heads.resolve(pooling, config, directory, task)
 
 
+def read_model_config(name_or_path: str | None):
+    """``(directory, transformers config)`` of a model, checked before anything is built.
+
+    Raises:
+        ModelNotFoundError / ModelLoadError: no folder, no ``config.json``, a ``config.json`` that is not
+            a JSON object with a ``model_type`` (transformers would guess the type from the folder's
+            name), or one transformers cannot read.
+    """
+    from transformers import AutoConfig
+
+    directory = Path(resolve_model_path(name_or_path))
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"{directory} has no {CONFIG_NAME}; files there: {_listing(directory)}")
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path}: not valid JSON ({_short(error, 200)})") from None
+    if not isinstance(fields, dict) or not fields.get("model_type"):
+        raise ModelLoadError(f"{path}: no 'model_type' field; expected the config.json of a Hugging Face "
+                             "model (e.g. \"model_type\": \"bert\")")
+    try:
+        return directory, AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+    except Exception as error:
+        raise ModelLoadError(f"could not read {path}: {_short(error, 300)}") from error
+
+
 def load_model(name_or_path: str | None = None, task: str = "sequence", labels: list[str] | None = None,
                config_overrides: dict | None = None, pooling: str | None = None):
     """Load a TF encoder with a classification head for ``task``, built and ready to call.
@@ -379,16 +407,8 @@ def load_model(name_or_path: str | None = None, task: str = "sequence", labels: 
     Caveat: a head missing from the checkpoint (the packaged MiniLM has none) is randomly initialised
     with the model's ``initializer_range``; it is logged, not an error.
     """
-    from transformers import AutoConfig
-
     cls = _model_class(task)
-    directory = Path(resolve_model_path(name_or_path))
-    if not (directory / CONFIG_NAME).is_file():
-        raise ModelLoadError(f"{directory} has no {CONFIG_NAME}; files there: {_listing(directory)}")
-    try:
-        config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
-    except Exception as error:
-        raise ModelLoadError(f"could not read {directory / CONFIG_NAME}: {_short(error, 300)}") from error
+    directory, config = read_model_config(name_or_path)
     fine_tuned_head = not _is_default_label_map(config.id2label)
     _apply_labels(config, labels, str(directory))
     _apply_overrides(config, config_overrides)

@@ -44,6 +44,9 @@ from tfcompress.models import loading
 from tfcompress.models.loading import resolve_pooling
 from tfcompress.report import Report, write_outputs
 from tfcompress.utils import atomic_write_json, atomic_write_text, get_logger, set_seed, to_json
+from tfcompress.errors import ConfigError
+from tfcompress.errors import InputError
+from tfcompress.models.facts import max_tokens
 
 log = get_logger("pipeline")
 # ------------------------------------------------------------------------------------ registry
@@ -129,7 +132,7 @@ class Context:
             cfg = self.config.data
             path = {"train": cfg.train_file, "eval": cfg.eval_file, "test": cfg.test_file}[split]
             if not path:
-                raise ValueError(f"data.{split}_file is not set")
+                raise ConfigError(f"data.{split}_file is not set")
             label_names = None if split == "train" else self.examples("train").label_names
             if self.config.task == "sequence":
                 examples = readers.read_text_classification(path, cfg.text_column, cfg.label_column, label_names)
@@ -268,6 +271,33 @@ def _dtype_policy(train: TrainConfig):
         set_mixed_precision(None)
 
 
+def check_inputs(context: "Context") -> None:
+    """Fail before the first training step, not after it: read every data file (labels checked
+    against the training file's), refuse single-class training data, and check the model's config
+    and that ``data.max_length`` fits its position table.
+
+    Raises:
+        DataError / InputError / ConfigError / ModelLoadError: naming the file, line or field.
+    """
+    config = context.config
+    train = context.examples("train")
+    for split in ("eval", "test"):
+        context.examples(split)
+    if config.task == "sequence":
+        classes = sorted({train.label_names[label] for label in train.labels})
+    else:
+        classes = sorted({train.label_names[tag] for tags in train.tags for tag in tags} - {"O"})
+    if len(classes) < (2 if config.task == "sequence" else 1):
+        what = f"the single class {classes[0]!r}" if classes else "no entity tag"
+        raise InputError(f"{train.source}: the training data has {what}; a classifier needs at least two "
+                         "classes (token tasks: at least one entity type besides O)")
+    _, model_config = loading.read_model_config(context.current_model)
+    limit = max_tokens(model_config)
+    if limit is not None and config.data.max_length > limit:
+        raise ConfigError(f"data.max_length={config.data.max_length} (--max-length): {context.current_model} "
+                          f"holds at most {limit} tokens (its position table); use --max-length {limit} or less")
+
+
 def run(config: RecipeConfig) -> Report:
     """Run ``config.stages`` in order, skipping finished ones; returns the final report.
 
@@ -276,8 +306,13 @@ def run(config: RecipeConfig) -> Report:
     """
     config.validate()
     context = Context(config)
-    context.output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(context.output_dir / "config.json", config.to_dict())
+    check_inputs(context)
+    try:
+        context.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(context.output_dir / "config.json", config.to_dict())
+    except OSError as error:
+        raise InputError(f"output_dir={str(context.output_dir)!r} (--output-dir): cannot write there "
+                         f"({error.strerror or error})") from None
     for name, digest in stage_hashes(config).items():
         manifest = read_manifest(context.output_dir, name)
         if manifest and manifest.get("config_hash") == digest:

@@ -12,6 +12,7 @@ from tfcompress.pipeline.runner import Context, stage
 from tfcompress.pipeline.stages.common import model_facts, per_class_of, primary_name, scalars, test_logits_and_metrics
 from tfcompress.train.trainer import Trainer
 from tfcompress.utils import get_logger
+from tfcompress.errors import ConfigError
 
 log = get_logger("pipeline")
 
@@ -23,7 +24,7 @@ def _augmented_train(context: "Context", train):
         return None
     tokenizer = context.tokenizer()
     if tokenizer.mask_token is None:
-        raise ValueError(f"DistillConfig.augment_copies={config.augment_copies}: the tokenizer has no mask token")
+        raise ConfigError(f"DistillConfig.augment_copies={config.augment_copies}: the tokenizer has no mask token")
     examples = context.examples("train")
     texts = augment.augment_texts(examples.texts, config.augment_copies, tokenizer.mask_token,
                                   mask_prob=config.augment_mask_prob, ngram_prob=config.augment_ngram_prob,

@@ -8,6 +8,7 @@ from tfcompress.evaluate import gate
 from tfcompress.pipeline.runner import Context, stage
 from tfcompress.pipeline.stages.common import test_logits_and_metrics
 from tfcompress.utils import get_logger
+from tfcompress.errors import ConfigError
 
 log = get_logger("pipeline")
 @stage("evaluate")
@@ -27,7 +28,7 @@ def evaluate_stage(context: Context) -> dict:
     report = context.report()
     export_record = report.stage("export")
     if not export_record or not export_record.get("artifacts"):
-        raise ValueError("evaluate: report.json has no exported artifacts; run the export stage first "
+        raise ConfigError("evaluate: report.json has no exported artifacts; run the export stage first "
                          f"(same --output-dir {context.output_dir})")
     primary = report.metric
     started = time.time()
@@ -35,7 +36,7 @@ def evaluate_stage(context: Context) -> dict:
     finetune = report.stage("finetune")
     finetune_metric = (finetune or {}).get("metrics", {}).get(primary)
     if cfg.reference == "finetune" and finetune_metric is None:
-        raise ValueError("evaluate.reference='finetune' needs a finetune stage in this run folder")
+        raise ConfigError("evaluate.reference='finetune' needs a finetune stage in this run folder")
     keras_model = None
     by_length: dict[int, tuple] = {}
     previous = {a["name"]: a for a in report.data["artifacts"]}

@@ -8,6 +8,7 @@ import time
 from tfcompress import release
 from tfcompress.pipeline.runner import Context, stage
 from tfcompress.utils import get_logger
+from tfcompress.errors import ConfigError
 
 log = get_logger("pipeline")
 @stage("release")
@@ -21,7 +22,7 @@ def release_stage(context: Context) -> dict:
     started = time.time()
     candidates = [a for a in report.data["artifacts"] if not a.get("stock")]
     if not candidates:
-        raise ValueError("release: report.json has no evaluated artifacts; run export and evaluate first")
+        raise ConfigError("release: report.json has no evaluated artifacts; run export and evaluate first")
     released, blocked = [], {}
     for record in candidates:
         name = record["name"]
