@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tfcompress._compat import tf, versions  # noqa: E402
-from tfcompress.utils import atomic_write_json  # noqa: E402
+from tfcompress.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,14 +39,25 @@ def write_results(name: str, command: str, result: dict, summary_lines: list[str
     atomic_write_json(path, record)
     if not append_markdown:
         return path
-    section = [f"## {name} ({env['date']})", "", f"Command: `{command}`", "",
+    section = [f"## {env['date']} — {name}", "", f"Command: `{command}`", "",
                f"Machine: {env['cpu']}, {env['cores']} cores, GPU: {env['gpu'] or 'none'}; "
                f"TF {env['versions']['tensorflow']}, transformers {env['versions']['transformers']}, "
                f"TFMOT {env['versions']['tensorflow-model-optimization']}, LiteRT {env['versions']['ai-edge-litert']}",
                "", *summary_lines, "", f"Raw numbers: `{_shown(path)}`", "", ""]
-    with open(HERE / "RESULTS.md", "a") as handle:
-        handle.write("\n".join(section))
+    insert_archive_section(HERE / "RESULTS.md", "\n".join(section))
     return path
+
+
+ARCHIVE_MARKER = "\n## 20"  # the first dated section of the archive (newest first)
+
+
+def insert_archive_section(results_md: Path, section: str) -> None:
+    """Put ``section`` at the top of RESULTS.md's archive, above the newest dated section."""
+    text = results_md.read_text()
+    start = text.index("## Archive")
+    at = text.find(ARCHIVE_MARKER, start)
+    at = len(text) if at < 0 else at + 1
+    atomic_write_text(results_md, text[:at] + section.rstrip("\n") + "\n\n\n" + text[at:])
 
 
 def _shown(path: Path) -> str:

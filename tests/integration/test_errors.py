@@ -6,7 +6,6 @@ line, or the field, that is wrong.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -24,6 +24,7 @@ from tfcompress.models import loading
 from tfcompress.pipeline import runner
 from tfcompress.pipeline.stages import common
 from tfcompress.cli import options
+from tfcompress.models import packaged
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN = ["finetune", "prune", "export", "evaluate", "release"]
@@ -109,6 +110,7 @@ def test_a_manifest_of_another_config_reruns_the_stage(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setitem(runner.STAGES, "finetune", lambda context: calls.append("finetune") or {})
     monkeypatch.setattr(runner, "write_outputs", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runner, "check_inputs", lambda context: None)  # no data files here
     config = recipe.RecipeConfig(stages=["finetune"], output_dir=str(tmp_path))
     monkeypatch.setattr(config, "validate", lambda: None)
     path = runner.manifest_path(tmp_path, "finetune")
@@ -468,7 +470,7 @@ def test_pooling_is_in_the_finetune_hash_as_the_head_actually_built():
     mean_hashes = runner.stage_hashes(config)
     assert all(cls_hashes[name] != mean_hashes[name] for name in cls_hashes)
     config.pooling = "auto"  # the packaged MiniLM is a mean-pooling sentence-transformers checkpoint
-    expected = mean_hashes if loading.packaged_model_path() else cls_hashes
+    expected = mean_hashes if packaged.minilm_path() else cls_hashes
     assert runner.stage_config(config, "finetune")["pooling"] in ("cls", "mean")
     assert runner.stage_hashes(config) == expected
     with pytest.raises(ValueError, match="pooling='mean'"):
@@ -632,14 +634,16 @@ def test_release_artifacts_releases_only_the_listed_ones(reference_run):
     assert sorted(p.name for p in (out / "release").iterdir() if p.is_dir()) == ["int16x8"]
 
 
-def test_reference_finetune_without_a_finetune_stage_is_refused(reference_run, tmp_path, monkeypatch):
+def test_reference_finetune_without_a_finetune_stage_is_refused(reference_run, tmp_path, monkeypatch, capsys):
     from tfcompress.cli import commands as cli
 
     out, _ = reference_run
     csv = out.parent / "train.csv"
     other = tmp_path / "no-finetune"
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    with pytest.raises(ValueError, match="reference='finetune' needs a finetune stage"):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["run", "custom_csv", "--smoke", "--model", str(out / "finetune" / "model"), "--train-file", str(csv),
                   "--output-dir", str(other), "--batch-size", "4", "--stages", "export,evaluate", "--export", "fp32",
                   "--set", "evaluate.reference=finetune"])
+    assert exit_info.value.code == 2
+    assert "reference='finetune' needs a finetune stage" in capsys.readouterr().err

@@ -58,9 +58,16 @@ def test_integer_labels_inferred_sorted_numerically(tmp_path):
     assert examples.labels == [1, 0, 0]
 
 
-def test_integer_labels_index_given_label_names(sst_tsv):
-    examples = read_text_classification(sst_tsv, label_names=["negative", "positive"])
-    assert examples.labels == [label for _, label in SST_ROWS]
+def test_integer_labels_are_matched_as_names_never_taken_as_indices(sst_tsv, tmp_path):
+    """Training labels {0, 2}: a test file's "1" is not class "2" (index 1), it is unknown."""
+    message = _error(lambda: read_text_classification(sst_tsv, label_names=["negative", "positive"]))
+    assert message.startswith(f"{sst_tsv}:2: unknown label")
+    path = tmp_path / "t.tsv"
+    path.write_text("sentence\tlabel\ngood\t02\nbad\t0\n")
+    assert read_text_classification(path, label_names=["0", "2"]).labels == [1, 0]  # "02" is 2
+    path.write_text("sentence\tlabel\ngood\t1\n")
+    message = _error(lambda: read_text_classification(path, label_names=["0", "2"]))
+    assert message == f"{path}:2: unknown label '1'; expected one of the training file's labels ['0', '2']"
 
 
 def test_conll_skips_docstart_and_reads_first_and_last_columns(conll_file):
@@ -155,8 +162,8 @@ def test_unknown_label_names_line_and_allowed_labels(tmp_path):
     path = tmp_path / "u.tsv"
     path.write_text("sentence\tlabel\ngood\tpositive\nmeh\tneutral\n")
     message = _error(lambda: read_text_classification(path, label_names=["negative", "positive"]))
-    assert message == (f"{path}:3: unknown label 'neutral'; expected one of ['negative', 'positive'] "
-                       "or an integer index below 2")
+    assert message == (f"{path}:3: unknown label 'neutral'; expected one of the training file's labels "
+                       "['negative', 'positive']")
 
 
 def test_integer_label_out_of_range_is_unknown(sst_tsv):

@@ -13,6 +13,7 @@ from tfcompress.models import loading
 from tfcompress.models import surgery
 
 from conftest import build_tiny_model
+from tfcompress.models import packaged
 
 FAMILIES = ["bert", "distilbert", "roberta", "electra"]
 INPUTS = {"input_ids": np.array([[2, 5, 9, 14, 21, 3, 0, 0], [2, 30, 31, 32, 3, 0, 0, 0]], dtype=np.int32),
@@ -111,7 +112,7 @@ def test_load_h5(tmp_path):
 def test_missing_model_names_every_place_tried(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(loading, "PACKAGED_MODEL_MODULE", "no_such_packaged_model_module")
+    monkeypatch.setattr(packaged, "MINILM_MODULE", "no_such_packaged_model_module")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)

@@ -24,9 +24,9 @@ def environment() -> dict:
             "gpu_available": bool(tf.config.list_physical_devices("GPU")),
             "tf_keras_is_tf_keras": tf.keras.__name__.startswith("tf_keras")}
     try:  # deferred, as above
-        from tfcompress.models.loading import packaged_model_path
+        from tfcompress.models.packaged import minilm_path
 
-        info["packaged_model"] = packaged_model_path()
+        info["packaged_model"] = minilm_path()
     except Exception as error:  # report, don't fail: env is for bug reports
         info["packaged_model"] = f"unavailable ({error})"
     return info

@@ -7,7 +7,6 @@ from tfcompress.models.loading import (  # noqa: F401
     ModelNotFoundError,
     load_model,
     load_tokenizer,
-    packaged_model_path,
     resolve_model_path,
     resolve_pooling,
     save_model,

