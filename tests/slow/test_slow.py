@@ -39,3 +39,20 @@ def test_minilm_token_classifier_finds_conll_entities(tmp_path, shared_data):
     dev_subset = readers.TokenClassificationExamples(dev.words[:500], dev.tags[:500], dev.label_names, "head")
     result = metrics.evaluate(trainer.predict_fn(), encoding.encode(tokenizer, dev_subset, max_length=128))
     assert result["f1"] > 0.5
+
+
+def test_the_readme_main_command_releases_an_artifact_of_at_least_0_87(tmp_path, shared_data, monkeypatch):
+    """``tfcompress run sst2 --quick`` (about 12 minutes on 2 cores): the released dynamic-range or int8
+    artifact keeps the accuracy the README promises on the 872-sentence test set."""
+    import json
+    import sys
+
+    from tfcompress.cli import commands as cli
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    out = tmp_path / "quick"
+    assert cli.main(["run", "sst2", "--quick", "--data-dir", str(shared_data / "sst2"), "--output-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    released = next(s for s in report["stages"] if s["name"] == "release")["released"]
+    scores = {a["name"]: a["metrics"]["accuracy"] for a in report["artifacts"] if a["name"] in released}
+    assert scores and max(scores.values()) >= 0.87, scores
