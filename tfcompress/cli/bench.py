@@ -58,7 +58,7 @@ def command(args) -> int:
         parser.error(f"no such artifact: {', '.join(missing)}")
     import numpy as np
 
-    from tfcompress.evaluate.runtime import TFLiteModel, sizes  # deferred: LiteRT loads only to time
+    from tfcompress.evaluate.runtime import TFLiteModel, sizes  # deferred: only timing needs LiteRT
 
     try:
         interpreters = {(path, count): TFLiteModel(path, num_threads=count, xnnpack=not args.no_xnnpack)

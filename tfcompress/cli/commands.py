@@ -56,7 +56,7 @@ def _run(args) -> int:
         print(f"tfcompress run: error: recipe {args.recipe!r} not found: one of {', '.join(RECIPES)} or a path "
               "to a recipe script (.py)", file=sys.stderr)
         return 2
-    # deferred: the recipe imports TensorFlow (seconds), which `tfcompress --help` should not wait for
+    # deferred: only the recipe that runs is imported (its module builds its DEFAULTS at import)
     recipe = importlib.import_module(f"tfcompress.recipes.{args.recipe}")
     recipe.main(args.recipe_args, prog=f"tfcompress run {args.recipe}")
     return 0
@@ -128,7 +128,7 @@ def _stage_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def _stage_command(args) -> int:
-    # deferred: the pipeline imports TensorFlow (seconds), which `tfcompress --help` should not wait for
+    # deferred: only stage commands need the pipeline (every stage, TFMOT, LiteRT)
     from tfcompress.pipeline import runner
 
     parser = args.parser

@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:
 
 
 def environment() -> dict:
-    # deferred: TensorFlow loads in seconds, which `tfcompress --help` should not wait for
+    # deferred: only this report needs the device list and the versions
     from tfcompress._compat import tf, versions
 
     info = {"versions": versions(), "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
@@ -23,7 +23,7 @@ def environment() -> dict:
             "devices": [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()],
             "gpu_available": bool(tf.config.list_physical_devices("GPU")),
             "tf_keras_is_tf_keras": tf.keras.__name__.startswith("tf_keras")}
-    try:  # deferred, as above
+    try:  # deferred: a missing packaged model is reported, not raised
         from tfcompress.models.packaged import minilm_path
 
         info["packaged_model"] = minilm_path()

@@ -469,7 +469,7 @@ def recipe_main(defaults: RecipeConfig, files: dict[str, str] | None, task_folde
 
     Bad flags and bad ``--set`` overrides exit with code 2 and a message naming the field.
     """
-    # deferred: the pipeline imports TensorFlow (seconds), which `--help` should not wait for
+    # deferred: parsing and --help need no pipeline (every stage, TFMOT, LiteRT)
     from tfcompress.pipeline.runner import latest_model, run
 
     summary = description.strip().split("\n\n")[0]  # --help lists the flags; the docstring has the rest
