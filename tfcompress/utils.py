@@ -34,20 +34,25 @@ def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half.
 
     Temporary files a killed writer left for the same path (``.name.tmp-PID`` of a dead process) are
-    removed after the write.
+    removed first (on a full disk they are what fills it); a write that fails (``OSError``: disk full,
+    read-only folder) removes its own temporary file before the error propagates.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if stale.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -404,3 +404,26 @@ def test_concatenate_keeps_order_labels_and_truncation_counts(tiny_tokenizer):
     other = TextClassificationExamples(["good"], [0], ["x", "y"], "c")
     with pytest.raises(ValueError, match="label_names"):
         concatenate([first, encode(tiny_tokenizer, other, max_length=3)])
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file_and_the_old_content(tmp_path, monkeypatch):
+    """Disk full during the write: the error propagates, the old file stays whole, nothing is left behind
+    (a leftover .tmp would keep the disk full for the rerun); a dead writer's leftover goes first."""
+    import errno
+    import os
+
+    from tfcompress import utils
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"old")
+    dead = tmp_path / ".model.tflite.tmp-999999"  # no process has this pid here
+    dead.write_bytes(b"x" * 1000)
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        utils.atomic_write_bytes(path, b"new" * 1000)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]

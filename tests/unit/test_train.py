@@ -172,3 +172,28 @@ def test_early_stopping_ends_training_after_patience_evaluations_without_gain(tm
     never = TrainConfig(max_steps=6, batch_size=4, learning_rate=1e-12, warmup_ratio=0.0, eval_every=1,
                         checkpoint_every=100, log_every=100)
     assert Trainer(model, "sequence", never, tmp_path / "never").fit(sst_encoded, sst_encoded)["steps"] == 6
+
+
+def test_a_resumed_run_drops_metrics_rows_the_killed_attempt_logged_past_its_checkpoint(tmp_path):
+    from tfcompress.train.tracking import Tracker
+
+    tracker = Tracker(tmp_path, "finetune")
+    for step in range(1, 11):
+        tracker.scalars(step, {"loss": 1.0 / step}, prefix="train")
+    with open(tracker.jsonl_path, "a") as handle:
+        handle.write('{"step": 11, "trai')  # the kill cut the last line
+    assert tracker.truncate_after(6) == 5
+    steps = [json.loads(line)["step"] for line in tracker.jsonl_path.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert tracker.truncate_after(6) == 0
+
+
+def test_fit_removes_a_checkpoint_a_kill_left_half_written(tmp_path, sst_encoded):
+    """TensorFlow writes ckpt-N_temp/ while saving; a SIGKILL then leaves it beside the real checkpoints."""
+    partial = tmp_path / "run" / "checkpoints" / "ckpt-3_temp"
+    partial.mkdir(parents=True)
+    (partial / "part-00000-of-00001").write_bytes(b"\0" * 1024)
+    config = TrainConfig(max_steps=2, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0, checkpoint_every=100,
+                         log_every=100)
+    Trainer(build_tiny_model("sequence"), "sequence", config, tmp_path / "run").fit(sst_encoded)
+    assert not partial.exists()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from tfcompress._compat import tf
+from tfcompress.utils import atomic_write_text
 
 
 class Tracker:
@@ -32,6 +33,23 @@ class Tracker:
         self.jsonl_path = self.output_dir / stage / "metrics.jsonl"
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = tf.summary.create_file_writer(str(self.logdir))
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the ``metrics.jsonl`` rows of steps after ``step`` (what a killed attempt logged past the
+        checkpoint a resumed run starts from); returns how many rows were dropped."""
+        if not self.jsonl_path.is_file():
+            return 0
+        rows = self.jsonl_path.read_text().splitlines()
+        kept = []
+        for row in rows:
+            try:
+                if int(json.loads(row)["step"]) <= step:
+                    kept.append(row)
+            except (ValueError, KeyError, TypeError):  # a half-written last line of a killed attempt
+                continue
+        if len(kept) != len(rows):
+            atomic_write_text(self.jsonl_path, "".join(f"{row}\n" for row in kept))
+        return len(rows) - len(kept)
 
     def scalars(self, step: int, values: dict, prefix: str = "") -> None:
         """Write each finite number in ``values`` as ``prefix/name`` and append one JSONL row."""

@@ -15,6 +15,7 @@ same command restores the latest one and continues; the data order depends only 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -311,6 +312,12 @@ class Trainer:
         num_batches = len(train.batches(config.batch_size, shuffle=False))
         self._build(num_batches)
         resumed_from = 0
+        # TensorFlow names a checkpoint being written ckpt-N_temp/; a kill during the save leaves it
+        for partial in (self.output_dir / "checkpoints").glob("*_temp*"):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
         if self._manager.latest_checkpoint:
             self._checkpoint.restore(self._manager.latest_checkpoint)
             resumed_from = int(self._inner_optimizer.iterations.numpy())
@@ -319,6 +326,10 @@ class Trainer:
         tracker = Tracker(self.output_dir.parent if self.output_dir.name == self.stage else self.output_dir,
                           self.stage)
         self.tracker = tracker
+        dropped = tracker.truncate_after(resumed_from)
+        if dropped:
+            log.info("%s: dropped %d metrics.jsonl rows logged after step %d by the interrupted attempt",
+                     self.stage, dropped, resumed_from)
         for hook in self.hooks:
             hook.on_train_begin(self)
 
