@@ -197,3 +197,27 @@ def test_fit_removes_a_checkpoint_a_kill_left_half_written(tmp_path, sst_encoded
                          log_every=100)
     Trainer(build_tiny_model("sequence"), "sequence", config, tmp_path / "run").fit(sst_encoded)
     assert not partial.exists()
+
+
+def test_sigterm_stops_at_a_step_boundary_after_a_checkpoint_and_the_rerun_resumes(tmp_path, sst_encoded):
+    """A pre-empted machine sends SIGTERM: training stops after the step it is in, saves a checkpoint,
+    says how to resume; the same fit again continues from that step to the end."""
+    import os
+    import signal
+
+    from tfcompress.train.interrupt import TrainingInterrupted
+
+    class Preempt(Hook):
+        def on_step_end(self, trainer, step, logs):
+            if step == 1:  # during the second step
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    config = TrainConfig(max_steps=6, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0, checkpoint_every=100,
+                         log_every=1)
+    model = build_tiny_model("sequence")
+    with pytest.raises(TrainingInterrupted, match="SIGTERM received: train stopped at step 2") as stopped:
+        Trainer(model, "sequence", config, tmp_path / "run", hooks=[Preempt()]).fit(sst_encoded)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the fit
+    result = Trainer(build_tiny_model("sequence"), "sequence", config, tmp_path / "run").fit(sst_encoded)
+    assert result["resumed_from"] == 2 and result["steps"] == 6

@@ -451,7 +451,7 @@ def run_reporting_user_errors(run, config: RecipeConfig, debug: bool):
         if debug:
             raise
         print(f"tfcompress: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(error, "exit_code", 2)) from None
 
 
 def expand_presets(argv: list[str], presets: dict[str, list[str]]) -> list[str]:

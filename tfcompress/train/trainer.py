@@ -26,6 +26,7 @@ from tfcompress._compat import check_keras_object, keras, tf
 from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.config.training import TrainConfig
 from tfcompress.evaluate import metrics
+from tfcompress.train.interrupt import StopSignal, TrainingInterrupted
 from tfcompress.train.tracking import Tracker
 from tfcompress.utils import get_logger, set_seed
 
@@ -334,6 +335,14 @@ class Trainer:
             hook.on_train_begin(self)
 
         primary = metrics.primary_metric(self.task)
+        progress = _progress(self.total_steps, self.global_step, self.stage)
+        stop_signal = StopSignal()
+        with stop_signal:
+            return self._train_loop(train, eval, tracker, primary, progress, stop_signal, resumed_from)
+
+    def _train_loop(self, train, eval, tracker, primary, progress, stop_signal, resumed_from) -> dict:
+        """The epochs and steps of :meth:`fit`, with ``stop_signal`` watched at every step boundary."""
+        config = self.config
         eval_every = config.eval_every or self.steps_per_epoch
         accum = config.grad_accum_steps
         last_metrics: dict = {}
@@ -341,7 +350,6 @@ class Trainer:
         train_seconds = 0.0
         stop = self.global_step >= self.total_steps
         tracing = False
-        progress = _progress(self.total_steps, self.global_step, self.stage)
         start_epoch = self.global_step // self.steps_per_epoch
         for epoch in range(start_epoch, math.ceil(self.total_steps / self.steps_per_epoch) + 1):
             if stop:
@@ -398,6 +406,11 @@ class Trainer:
                     self._manager.save(checkpoint_number=self.global_step)
                 elif self.global_step % config.checkpoint_every == 0 or done:
                     self._manager.save(checkpoint_number=self.global_step)
+                if stop_signal.received and not done:  # Ctrl-C / SIGTERM: stop at this step boundary
+                    self._manager.save(checkpoint_number=self.global_step)
+                    progress.close()
+                    tracker.close()
+                    raise TrainingInterrupted(stop_signal.received, self.stage, self.global_step)
                 if done:
                     stop = True
                     break
