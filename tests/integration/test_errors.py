@@ -119,3 +119,26 @@ def test_a_real_process_prints_no_traceback_unless_debug(tiny_model, tmp_path):
     assert f"{test}:2: unknown label 'maybe'" in done.stderr.strip().splitlines()[-1]
     debug = subprocess.run(command + ["--debug"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_is_not(tiny_model, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """The lock is an flock: held while a run lives, gone when its process ends (even by SIGKILL)."""
+    import os
+    import signal
+
+    from tfcompress.pipeline.runner import run_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with run_lock(out):  # a live run holds the folder
+        code, line = _run(tmp_path, capsys, monkeypatch, GOOD, "--stages", "finetune", model=tiny_model)
+    assert code == 2 and "in use by another tfcompress run" in line and f"pid {os.getpid()}" in line
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
+                               str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=60)
+    with run_lock(out):  # the killed holder left nothing stuck
+        pass

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import os
 import hashlib
 import json
 import shutil
@@ -200,6 +202,7 @@ def read_manifest(output_dir: Path, name: str) -> dict | None:
 
 
 MARKER = ".config_hash"
+LOCK_NAME = ".lock"
 
 
 def _prepare_stage_dir(stage_dir: Path, digest: str) -> None:
@@ -298,6 +301,34 @@ def check_inputs(context: "Context") -> None:
                           f"holds at most {limit} tokens (its position table); use --max-length {limit} or less")
 
 
+@contextlib.contextmanager
+def run_lock(output_dir: Path):
+    """One run at a time per run folder: an exclusive ``flock`` on ``OUTPUT/.lock``. The operating system
+    drops the lock when its process ends, however it ends, so a killed run never leaves it stuck.
+
+    Raises:
+        InputError: another live run holds the folder (its pid is named).
+    """
+    handle = open(Path(output_dir) / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(f"output_dir={str(output_dir)!r} (--output-dir) is in use by another tfcompress run "
+                         f"({holder}); wait for it to end or choose another --output-dir") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def run(config: RecipeConfig) -> Report:
     """Run ``config.stages`` in order, skipping finished ones; returns the final report.
 
@@ -307,34 +338,36 @@ def run(config: RecipeConfig) -> Report:
     config.validate()
     context = Context(config)
     check_inputs(context)
-    try:
-        context.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(context.output_dir / "config.json", config.to_dict())
-    except OSError as error:
-        raise InputError(f"output_dir={str(context.output_dir)!r} (--output-dir): cannot write there "
-                         f"({error.strerror or error})") from None
-    for name, digest in stage_hashes(config).items():
-        manifest = read_manifest(context.output_dir, name)
-        if manifest and manifest.get("config_hash") == digest:
-            log.info("stage %s: done already (config hash %s), skipped", name, manifest["config_hash"])
+    with contextlib.ExitStack() as held:
+        try:
+            context.output_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(run_lock(context.output_dir))  # before config.json: a second run must not touch it
+            atomic_write_json(context.output_dir / "config.json", config.to_dict())
+        except OSError as error:
+            raise InputError(f"output_dir={str(context.output_dir)!r} (--output-dir): cannot write there "
+                             f"({error.strerror or error})") from None
+        for name, digest in stage_hashes(config).items():
+            manifest = read_manifest(context.output_dir, name)
+            if manifest and manifest.get("config_hash") == digest:
+                log.info("stage %s: done already (config hash %s), skipped", name, manifest["config_hash"])
+                _advance(context, name, manifest)
+                continue
+            _prepare_stage_dir(context.stage_dir(name), digest)
+            log.info("stage %s: running (input model %s)", name, context.current_model)
+            context.digest = digest
+            # Seed right before the stage draws anything (new heads, the student, augmentation, data
+            # order), from the stage's own seed: a resumed or partial run seeds each stage as a full one.
+            set_seed(stage_seed(config, name))
+            started = time.time()
+            with _dtype_policy(stage_training(config, name)):
+                record = STAGES[name](context) or {}
+            seconds = time.time() - started
+            manifest = {"stage": name, "config_hash": digest, "seconds": round(seconds, 1),
+                        "metrics": record.get("metrics", {}), "model_dir": record.get("model_dir"),
+                        "input_model": record.get("input_model"), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            atomic_write_json(manifest_path(context.output_dir, name), manifest)
             _advance(context, name, manifest)
-            continue
-        _prepare_stage_dir(context.stage_dir(name), digest)
-        log.info("stage %s: running (input model %s)", name, context.current_model)
-        context.digest = digest
-        # Seed right before the stage draws anything (new heads, the student, augmentation, data
-        # order), from the stage's own seed: a resumed or partial run seeds each stage as a full one.
-        set_seed(stage_seed(config, name))
-        started = time.time()
-        with _dtype_policy(stage_training(config, name)):
-            record = STAGES[name](context) or {}
-        seconds = time.time() - started
-        manifest = {"stage": name, "config_hash": digest, "seconds": round(seconds, 1),
-                    "metrics": record.get("metrics", {}), "model_dir": record.get("model_dir"),
-                    "input_model": record.get("input_model"), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_json(manifest_path(context.output_dir, name), manifest)
-        _advance(context, name, manifest)
-        write_outputs(context.report().data, context.output_dir, tensorboard=False)
-    report = context.report()
-    write_outputs(report.data, context.output_dir, tensorboard=True)
+            write_outputs(context.report().data, context.output_dir, tensorboard=False)
+        report = context.report()
+        write_outputs(report.data, context.output_dir, tensorboard=True)
     return report
