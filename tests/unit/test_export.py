@@ -530,3 +530,17 @@ def test_default_int8_float_ops_keep_the_graph_in_few_xnnpack_partitions(tmp_pat
     assert 1 <= partitions["default"] <= 3, partitions
     # int8 SOFTMAX and GELU each split the graph in both of the tiny model's layers (measured 3 vs 7)
     assert partitions["int8-softmax-gelu"] >= partitions["default"] + 4, partitions
+
+
+@pytest.mark.parametrize("io_type, dtype", [("float", np.float32), ("int8", np.int8)])
+def test_int8_artifact_output_type_is_what_io_type_says(io_type, dtype):
+    """With the float residual path (the pipeline's default) the MLIR quantizer used to quantize the
+    logits output too, so ``io_type="float"`` shipped int8 logits; now the output follows io_type."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = _model_with_spread()
+    content = tflite.to_tflite(model, "int8", seq_length=SEQ_LENGTH, representative=_rows(_features(16, seed=2)),
+                               denylisted_ops=constants.DEFAULT_INT8_FLOAT_OPS, io_type=io_type)
+    (output,) = Interpreter(model_content=content).get_output_details()
+    assert output["dtype"] == dtype
+    assert runtime.int8_kernel_count(content, "FULLY_CONNECTED")[0] > 0  # the matmuls stay int8

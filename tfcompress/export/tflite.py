@@ -360,7 +360,7 @@ def _selective_int8(converter, config: ExportConfig) -> bytes:
     return lite_convert.mlir_quantize(
         calibrated,
         disable_per_channel=False,
-        fully_quantize=True,
+        fully_quantize=config.io_type == "int8",  # True also quantizes the output, whatever its data type
         input_data_type=tf.float32,
         output_data_type=output_type,
         denylisted_ops=list(config.denylisted_ops) or None,
