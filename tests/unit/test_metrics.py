@@ -151,3 +151,27 @@ def test_evaluate_scores_a_keras_model_and_a_perfect_oracle(tiny_tokenizer, conl
     assert perfect["f1"] == 1.0 and perfect["per_entity"]["ORG"]["support"] == 2
     padded = evaluate(oracle, data, batch_size=2, pad_to=32, progress=False)
     assert padded["f1"] == 1.0
+
+
+def test_logit_error_is_measured_over_scored_rows_only():
+    import numpy as np
+
+    from tfcompress.evaluate.gate import logit_error
+
+    ours = np.array([[1.0, 2.0], [0.0, 0.5]])
+    keras = np.array([[1.5, 2.0], [0.0, 0.0]])
+    assert logit_error(ours, keras, [0, 1], "sequence") == {"mean": 0.25, "max": 0.5}
+    tokens_ours = [np.array([[0.0, 0.0], [9.0, 9.0], [1.0, 1.0]])]
+    tokens_keras = [np.array([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])]
+    labels = [np.array([0, -100, 1])]  # the middle position is a sub-token: not scored
+    assert logit_error(tokens_ours, tokens_keras, labels, "token") == {"mean": 0.25, "max": 1.0}
+
+
+def test_the_gate_needs_agreement_as_well_as_the_metric():
+    from tfcompress.config import EvaluateStageConfig
+
+    assert EvaluateStageConfig().agreement_floor("sequence") == 0.98
+    assert EvaluateStageConfig().agreement_floor("token") == 0.99
+    assert EvaluateStageConfig(min_agreement=0.5).agreement_floor("token") == 0.5
+    with pytest.raises(ValueError, match="evaluate.min_agreement=1.5"):
+        EvaluateStageConfig(min_agreement=1.5).validate()

@@ -151,19 +151,32 @@ class EvaluateStageConfig:
             below its reference fails (``passed: false``) and is not released.
         reference: ``"source"`` = the Keras model the artifact was exported from (conversion
             parity); ``"finetune"`` = the fine-tuned fp32 model (total budget of the compression).
+        min_agreement: the gate's second condition: the share of predictions equal to the Keras
+            model's (per example; per scored token for token tasks) must reach this. None: 0.98 for
+            sequence tasks, 0.99 for token tasks. A metric can hold while predictions churn; the
+            agreement cannot.
         latency_runs / latency_warmup: timed and untimed batch-1 invocations per thread count.
         batch_size: evaluation batch size.
     """
 
     accuracy_budget: float = 1.0
+    min_agreement: float | None = None
     reference: str = "source"
     latency_runs: int = 100
     latency_warmup: int = 10
     batch_size: int = 32
 
+    def agreement_floor(self, task: str) -> float:
+        """``min_agreement``, or the task's default: 0.98 per sentence, 0.99 per token."""
+        if self.min_agreement is not None:
+            return float(self.min_agreement)
+        return 0.99 if task == "token" else 0.98
+
     def validate(self) -> None:
         if not self.accuracy_budget >= 0:
             raise ConfigError(f"evaluate.accuracy_budget={self.accuracy_budget!r}: must be >= 0 points")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"evaluate.min_agreement={self.min_agreement!r}: must be in [0, 1] (None: by task)")
         if self.reference not in ("source", "finetune"):
             raise ConfigError(f"evaluate.reference={self.reference!r}: must be 'source' or 'finetune'")
         for name in ("latency_runs", "batch_size"):

@@ -29,11 +29,29 @@ def parity_gate(artifact_metric: float, reference_metric: float, accuracy_budget
     return (reference_metric - artifact_metric) * 100.0 <= accuracy_budget + 1e-9
 
 
+def logit_error(logits, keras_logits, labels, task: str) -> dict:
+    """Mean and max absolute difference between an artifact's logits and the Keras model's, over the
+    scored rows (sequence: every example; token: positions whose label is not IGNORE_INDEX)."""
+    diffs = []
+    for index, (ours, theirs) in enumerate(zip(logits, keras_logits)):
+        ours, theirs = np.asarray(ours, np.float32), np.asarray(theirs, np.float32)
+        if task == "token":
+            label = np.asarray(labels[index])
+            width = min(len(ours), len(theirs), len(label))
+            keep = label[:width] >= 0
+            ours, theirs = ours[:width][keep], theirs[:width][keep]
+        diffs.append(np.abs(ours - theirs).reshape(-1))
+    values = np.concatenate(diffs) if diffs else np.zeros(0, np.float32)
+    if not values.size:
+        return {"mean": 0.0, "max": 0.0}
+    return {"mean": round(float(values.mean()), 6), "max": round(float(values.max()), 6)}
+
+
 def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict,
                     quantization: str, seq_length: int, task: str = "sequence",
                     sparsity: float = 0.0, accuracy_budget: float = 1.0,
                     latency_runs: int = 100, latency_warmup: int = 10, output_dir=None,
-                    batch_size: int = 32) -> dict:
+                    batch_size: int = 32, min_agreement: float = 0.0) -> dict:
     """Evaluate one artifact on ``data`` and build its ``report.json`` record.
 
     Args:
@@ -83,11 +101,14 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
         "sparsity": float(sparsity),
         **sizes(path),
         "metrics": metrics,
-        "agreement": agreement(logits, keras_logits, data.labels, task),
+        "agreement": (agreed := agreement(logits, keras_logits, data.labels, task)),
+        "logit_error": logit_error(logits, keras_logits, data.labels, task),
         "latency_ms": latency,
         "float_ops": float_ops(path),
         "xnnpack_partitions": artifact.xnnpack_partitions(),
-        "passed": parity_gate(metrics[metric_name], reference_metrics[metric_name], accuracy_budget),
+        "passed": (parity_gate(metrics[metric_name], reference_metrics[metric_name], accuracy_budget)
+                   and agreed >= min_agreement),
+        "min_agreement": float(min_agreement),
         "primary_metric": metric_name,
         "reference_metric": float(reference_metrics[metric_name]),
         "accuracy_budget": float(accuracy_budget),

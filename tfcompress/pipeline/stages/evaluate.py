@@ -60,6 +60,7 @@ def evaluate_stage(context: Context) -> dict:
             artifact["name"], context.output_dir / artifact["path"], data, keras_logits, reference,
             quantization=artifact["quantization"], seq_length=seq_length, task=config.task,
             sparsity=artifact.get("sparsity", 0.0), accuracy_budget=cfg.accuracy_budget,
+            min_agreement=cfg.agreement_floor(config.task),
             latency_runs=cfg.latency_runs, latency_warmup=cfg.latency_warmup, output_dir=context.output_dir,
             batch_size=cfg.batch_size)
         value = record["metrics"].get(primary)

@@ -30,8 +30,10 @@ def release_stage(context: Context) -> dict:
             continue
         if not record.get("passed") and not cfg.allow_regression:
             blocked[name] = (f"failed the parity gate: {primary} {record['metrics'].get(primary, float('nan')):.4f} "
-                             f"vs reference {record.get('reference_metric', float('nan')):.4f}, budget "
-                             f"{record.get('accuracy_budget')} pt (--allow-regression releases it anyway)")
+                             f"vs reference {record.get('reference_metric', float('nan')):.4f} (budget "
+                             f"{record.get('accuracy_budget')} pt), agreement with Keras "
+                             f"{record.get('agreement', float('nan')):.4f} (at least {record.get('min_agreement', 0)} "
+                             "needed); --allow-regression releases it anyway")
             log.warning("release %s: not released, %s", name, blocked[name])
             continue
         release.release_bundle(context.output_dir / record["path"], stage_dir / name, context.tokenizer(),
