@@ -12,6 +12,19 @@ from tfcompress.config.constants import DERIVED_MASK_UPDATES, SCHEDULES, STRUCTU
 from tfcompress.errors import ConfigError
 
 
+def _check_layer_patterns(config, bad) -> None:
+    """``include`` / ``exclude``: None or a regular expression that compiles (``bad(field, why)`` raises)."""
+    for name in ("include", "exclude"):
+        pattern = getattr(config, name)
+        if pattern is not None:
+            if not isinstance(pattern, str) or not pattern:
+                bad(name, "must be a non-empty regular expression or None")
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                bad(name, f"is not a valid regular expression ({error})")
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one training run.
@@ -213,15 +226,7 @@ class PruneConfig:
                 bad("prune_embeddings", "2:4 sparsity is a matmul-kernel format; the embedding table is "
                     "gathered, not multiplied: prune it unstructured in a separate run or leave it dense "
                     "(--no-prune-embeddings)")
-        for name in ("include", "exclude"):
-            pattern = getattr(self, name)
-            if pattern is not None:
-                if not isinstance(pattern, str) or not pattern:
-                    bad(name, "must be a non-empty regular expression or None")
-                try:
-                    re.compile(pattern)
-                except re.error as error:
-                    bad(name, f"is not a valid regular expression ({error})")
+        _check_layer_patterns(self, bad)
 
     def resolve_steps(self, total_steps: int | None = None) -> tuple[int, int, int]:
         """``(begin_step, end_step, frequency)`` for a run of ``total_steps`` optimizer steps.
@@ -447,14 +452,6 @@ class QATConfig:
         if (isinstance(self.calibration_examples, bool) or not isinstance(self.calibration_examples, int)
                 or self.calibration_examples < 1):
             bad("calibration_examples", "must be an integer >= 1")
-        for name in ("include", "exclude"):
-            pattern = getattr(self, name)
-            if pattern is not None:
-                if not isinstance(pattern, str) or not pattern:
-                    bad(name, "must be a non-empty regular expression or None")
-                try:
-                    re.compile(pattern)
-                except re.error as error:
-                    bad(name, f"is not a valid regular expression ({error})")
+        _check_layer_patterns(self, bad)
 
 

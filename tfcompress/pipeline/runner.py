@@ -43,7 +43,6 @@ from tfcompress.train.trainer import set_mixed_precision
 from tfcompress.data import encoding, readers
 from tfcompress.evaluate import metrics
 from tfcompress.models import loading
-from tfcompress.models.loading import resolve_pooling
 from tfcompress.report import Report, write_outputs
 from tfcompress.utils import atomic_write_json, atomic_write_text, get_logger, set_seed, to_json
 from tfcompress.errors import ConfigError
@@ -97,7 +96,7 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
     for section in sections:
         base[section] = dataclasses.asdict(getattr(config, section))
     if name == "finetune":
-        base["pooling"] = resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
+        base["pooling"] = loading.resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
     return base
 
 
