@@ -347,7 +347,7 @@ def test_a_changed_parity_budget_reruns_evaluate_and_release_only(resumed_chain,
 
 def test_every_declared_stage_is_registered():
 
-    assert set(runner.STAGES) == {"finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "release"}
+    assert set(runner.STAGES) == {"teacher", "finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "release"}
     assert set(runner.STAGES) == set(constants.STAGE_ORDER)
 
 

@@ -134,10 +134,14 @@ def test_auto_pooling_follows_the_sentence_transformers_checkpoint(base_dir, mod
     assert loading.resolve_pooling("auto", str(base_dir), task="token") == "cls"
 
 
-def test_auto_pooling_keeps_cls_where_there_is_no_mean_head(tmp_path):
+def test_auto_pooling_refuses_to_switch_a_mean_trained_checkpoint_without_a_mean_head(tmp_path):
+    from tfcompress.errors import ConfigError
+
     roberta = write_pytorch_dir(build_tiny_model("sequence", "roberta"), tmp_path / "roberta", drop_head=True)
     _sentence_transformers_layout(roberta, "mean")
-    assert loading.resolve_pooling("auto", str(roberta)) == "cls"
+    with pytest.raises(ConfigError, match="trained with mean pooling.*'roberta'.*pooling 'cls'"):
+        loading.resolve_pooling("auto", str(roberta))
+    assert loading.resolve_pooling("cls", str(roberta)) == "cls"
     assert loading.resolve_pooling("auto", str(tmp_path / "missing")) == "cls"
 
 

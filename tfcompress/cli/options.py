@@ -62,7 +62,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig
     group.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="override any config field with a typed value, e.g. --set prune.final_sparsity=0.8, "
                             "--set prune_train.epochs=2, --set export.seq_length=64 (repeatable; sections: "
-                            "data, train, student, distill, distill_train, prune, prune_train, qat_train, export, "
+                            "data, train, teacher, teacher_train, student, distill, distill_train, prune, prune_train, qat_train, export, "
                             "evaluate, release)")
 
 
@@ -103,11 +103,19 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConf
 def add_distill_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
     d = defaults.distill
     group = parser.add_argument_group("distillation (stage 'distill'; more: --set distill.FIELD / distill_train.FIELD)")
+    group.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                       help="fine-tune this checkpoint as the teacher (stage 'teacher', resumable; e.g. "
+                            "sentence-transformers/all-mpnet-base-v2) and distil --model's student from it; "
+                            "adds the teacher and distill stages")
+    group.add_argument("--teacher-epochs", type=float, default=None,
+                       help=f"epochs of the teacher stage (default: {defaults.teacher_train.epochs:g})")
     group.add_argument("--distill-from", default=None, metavar="TEACHER_DIR",
-                       help="fine-tuned teacher directory; adds the distill stage and skips fine-tuning "
-                            "(default: the finetune stage's model when distillation is on)")
+                       help="an already fine-tuned teacher directory (e.g. OUTPUT/teacher/model of an earlier "
+                            "run); adds the distill stage and skips fine-tuning (default: the teacher stage's "
+                            "model, else the finetune stage's)")
     group.add_argument("--student-layers", type=int, default=None,
-                       help=f"transformer blocks of the student, copied from evenly spaced teacher blocks; "
+                       help=f"transformer blocks of the student, copied from evenly spaced blocks of the teacher "
+                            f"(same architecture and vocabulary) or else of --model (student.init); "
                             f"adds the distill stage, 0 drops it (default: {defaults.student.num_layers}, "
                             f"{'on' if 'distill' in defaults.stages else 'off'})")
     group.add_argument("--temperature", type=float, default=d.temperature,
@@ -226,11 +234,14 @@ def chain_stages(args: argparse.Namespace, defaults: RecipeConfig) -> list[str]:
     stages = list(defaults.stages)
     if getattr(args, "student_layers", None) == 0:  # no student: the fine-tuned model goes on
         stages = [s for s in stages if s != "distill"]
-    elif getattr(args, "distill_from", None) or getattr(args, "student_layers", None) is not None:
+    elif getattr(args, "distill_from", None) or getattr(args, "teacher", None) \
+            or getattr(args, "student_layers", None) is not None:
         if "distill" not in stages:
             stages.insert(stages.index("finetune") + 1 if "finetune" in stages else 0, "distill")
         if getattr(args, "distill_from", None) and "finetune" in stages:
             stages.remove("finetune")  # the teacher is fine-tuned already
+        if getattr(args, "teacher", None) and "teacher" not in stages:
+            stages.insert(0, "teacher")
     if getattr(args, "trim_vocab", None) is False:
         stages = [s for s in stages if s != "trim"]
     elif getattr(args, "trim_vocab", None) and "trim" not in stages:
@@ -255,19 +266,26 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
     config.model = args.model if args.model is not None else defaults.model
     config.data.max_length = args.max_length
     config.data.max_train_samples = args.max_train_samples
-    for section in ("train", "distill_train", "prune_train", "qat_train"):
+    for section in ("train", "teacher_train", "distill_train", "prune_train", "qat_train"):
         getattr(config, section).seed = args.seed
     if has("task"):
         config.task = args.task
     if has("epochs"):
         config.train.epochs = args.epochs
     if has("batch_size"):
-        for section in ("train", "distill_train", "prune_train", "qat_train"):
+        for section in ("train", "teacher_train", "distill_train", "prune_train", "qat_train"):
             getattr(config, section).batch_size = args.batch_size
     if has("learning_rate"):
         config.train.learning_rate = args.learning_rate
     if has("pooling"):
         config.pooling = args.pooling
+    if has("distill_from") and has("teacher"):
+        raise ConfigError(f"--teacher {args.teacher} and --distill-from {args.distill_from}: give one teacher "
+                          "(--teacher fine-tunes a checkpoint, --distill-from uses a fine-tuned one)")
+    if has("teacher"):
+        config.teacher.model = args.teacher
+    if has("teacher_epochs"):
+        config.teacher_train.epochs = args.teacher_epochs
     if has("distill_from"):
         config.student.teacher = args.distill_from
     if has("student_layers"):
@@ -310,7 +328,7 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         config.data.max_train_samples = min(config.data.max_train_samples or 256, 256)
         config.data.max_eval_samples = 128
         config.data.max_test_samples = 128
-        for section in ("train", "distill_train", "prune_train", "qat_train"):
+        for section in ("train", "teacher_train", "distill_train", "prune_train", "qat_train"):
             train = getattr(config, section)
             train.epochs, train.max_steps, train.eval_every, train.log_every = 1, 0, 0, 4
         config.export.num_calibration = min(config.export.num_calibration, 32)

@@ -45,8 +45,10 @@ Example::
 
 Caveats:
 
-* Teacher and student must share the tokenizer (same vocabulary, same positions); :class:`Distiller`
-  checks that the vocabulary sizes agree.
+* Token-level terms need teacher and student to share the tokenizer (same vocabulary, same
+  positions); :class:`Distiller` checks that the vocabulary sizes agree. A teacher of another
+  architecture or tokenizer (``same_tokenizer=False``) teaches through its per-text logits
+  (:meth:`Distiller.use_teacher_logits`, computed by :mod:`tfcompress.compress.teacher_logits`).
 * Hugging Face TF models return attention probabilities *after* attention dropout, so with
   ``attention_loss_weight > 0`` a student trained with ``attention_probs_dropout_prob > 0`` is compared
   with dropped-out rows; a warning is logged. Set it to 0 in the student config for attention matching.
@@ -64,6 +66,7 @@ from tfcompress._compat import keras, tf
 from tfcompress.compress.teacher_cache import TeacherCache
 from tfcompress.config.constants import EXAMPLE_INDEX_KEY, IGNORE_INDEX
 from tfcompress.config.training import DistillConfig
+from tfcompress.errors import ConfigError
 from tfcompress.models import facts
 from tfcompress.train.trainer import Hook
 from tfcompress.utils import get_logger
@@ -206,6 +209,10 @@ class Distiller(keras.Model):
             Pruning / QAT wrappers may be applied to it before or after wrapping.
         config (DistillConfig): loss weights, temperature, layer map, caching.
         task (str | None): ``"sequence"`` or ``"token"``; inferred from the logits rank when None.
+        same_tokenizer (bool): True (default) when both read the same token ids (checked through the
+            vocabulary size). False for another architecture or tokenizer: the teacher never sees the
+            student's batches; its per-text logits come from :meth:`use_teacher_logits`, and only the
+            logit terms apply (hidden-state and attention weights must be 0).
 
     Attributes:
         teacher, student: the two models. ``student`` is what gets saved after training.
@@ -218,7 +225,7 @@ class Distiller(keras.Model):
     """
 
     def __init__(self, teacher, student, config: DistillConfig | None = None, task: str | None = None,
-                 name: str = "distiller", **kwargs):
+                 name: str = "distiller", same_tokenizer: bool = True, **kwargs):
         super().__init__(name=name, **kwargs)
         config = config or DistillConfig()
         if not isinstance(config, DistillConfig):
@@ -236,15 +243,24 @@ class Distiller(keras.Model):
                              "would change the teacher. Build the student with make_student().")
         teacher_vocab = getattr(teacher.config, "vocab_size", None)
         student_vocab = getattr(student.config, "vocab_size", None)
-        if teacher_vocab != student_vocab:
+        if same_tokenizer and teacher_vocab != student_vocab:
             raise ValueError(f"teacher vocab_size={teacher_vocab} != student vocab_size={student_vocab}: "
-                             "distillation needs both to read the same tokenisation")
+                             "token-level distillation needs both to read the same tokenisation; for "
+                             "another tokenizer pass same_tokenizer=False and use_teacher_logits()")
+        if not same_tokenizer and (config.needs_hidden_states or config.needs_attentions):
+            field = "hidden_loss_weight" if config.needs_hidden_states else "attention_loss_weight"
+            raise ConfigError(
+                f"DistillConfig.{field}={getattr(config, field)!r}: the teacher ({type(teacher).__name__}, "
+                f"vocab {teacher_vocab}) and the student ({type(student).__name__}, vocab {student_vocab}) "
+                "tokenize differently, so their token positions (hidden states, attention maps) cannot be "
+                "mapped; set it to 0 and distil the logits")
         if teacher.config.num_labels != student.config.num_labels:
             raise ValueError(f"teacher has {teacher.config.num_labels} labels, student "
                              f"{student.config.num_labels}; they must predict the same label set")
 
         self.distill_config = config
         self.task = task
+        self.same_tokenizer = bool(same_tokenizer)
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
@@ -319,6 +335,9 @@ class Distiller(keras.Model):
         carries ``example_index`` and a cache exists, else from a live forward pass."""
         if self._cache is not None and EXAMPLE_INDEX_KEY in features:
             return self._cache.lookup(features)
+        if not self.same_tokenizer:
+            raise ValueError("the teacher reads another tokenizer: it cannot run on the student's batch; "
+                             "call use_teacher_logits() and train on the data those logits were made for")
         return self._teacher_outputs_live(features)
 
     def _infer_task(self, logits) -> str:
@@ -390,6 +409,24 @@ class Distiller(keras.Model):
         logger.info("cached teacher outputs: %s", summary)
         return summary
 
+    def use_teacher_logits(self, logits) -> dict:
+        """Train on precomputed teacher logits ``[N, C]``, row ``i`` for example ``i`` of the training
+        data (the cross-tokenizer path: :mod:`tfcompress.compress.teacher_logits` computes them with the
+        teacher's own tokenizer). Sequence task only."""
+        if self.task == "token":
+            raise ValueError("per-text teacher logits are for sequence tasks; token tasks need per-word "
+                             "alignment")
+        if self.distill_config.needs_hidden_states or self.distill_config.needs_attentions:
+            raise ConfigError("precomputed teacher logits carry no hidden states or attention maps: set "
+                              "DistillConfig.hidden_loss_weight and attention_loss_weight to 0")
+        if logits.shape[-1] != self.student.config.num_labels:
+            raise ValueError(f"teacher logits have {logits.shape[-1]} classes, the student "
+                             f"{self.student.config.num_labels}")
+        self._cache = None
+        self._cache = TeacherCache.from_logits(logits)
+        return {"examples": self._cache.num_examples, "tokens": 0,
+                "megabytes": round(self._cache.nbytes / 2**20, 2)}
+
     def clear_teacher_cache(self) -> None:
         self._cache = None
 
@@ -414,6 +451,7 @@ class Distiller(keras.Model):
             "layer_map": [list(pair) for pair in self.layer_map],
             "hidden_projection": bool(self.hidden_projections),
             "teacher_cached": self._cache is not None,
+            "same_tokenizer": self.same_tokenizer,
             "config": dataclasses.asdict(self.distill_config),
         }
 

@@ -99,6 +99,19 @@ class TeacherCache:
             variable("attention", np.concatenate(attention_out).astype(np.float32))
         return cache
 
+    @classmethod
+    def from_logits(cls, logits: np.ndarray) -> "TeacherCache":
+        """Sequence logits ``[N, C]`` per example from a teacher that read the texts with its own
+        tokenizer (:mod:`tfcompress.compress.teacher_logits`): no length check, since its token counts
+        are not the student's."""
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.ndim != 2 or np.isnan(logits).any():
+            raise ValueError(f"teacher logits must be a complete [N, C] array, got shape {logits.shape}")
+        cache = cls()
+        cache.num_examples, cache.nbytes = len(logits), logits.nbytes
+        cache.variables["logits"] = tf.Variable(logits, trainable=False, name="teacher_cache_logits")
+        return cache
+
     def _gather_tokens(self, name, index, batch_length):
         variables = self.variables
         ragged = tf.RaggedTensor.from_row_splits(variables[name], variables["token_splits"], validate=False)
@@ -112,9 +125,9 @@ class TeacherCache:
         variables = self.variables
         index = tf.cast(features[EXAMPLE_INDEX_KEY], tf.int32)
         batch_length = tf.shape(features["input_ids"])[1]
-        lengths = tf.gather(variables["lengths"], index)
         checks = []
-        if "attention_mask" in features:
+        if "lengths" in variables and "attention_mask" in features:
+            lengths = tf.gather(variables["lengths"], index)
             checks.append(tf.debugging.assert_equal(
                 lengths, tf.reduce_sum(tf.cast(features["attention_mask"], tf.int32), axis=1),
                 message="cached teacher outputs: example lengths differ from the batch's attention_mask "

@@ -21,6 +21,7 @@ from tfcompress.config.recipe import (  # noqa: F401
     RecipeConfig,
     ReleaseStageConfig,
     StudentConfig,
+    TeacherStageConfig,
     TrimStageConfig,
 )
 from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, TrainConfig  # noqa: F401

@@ -19,7 +19,7 @@ class ExportMode(str, enum.Enum):
 
 EXPORT_MODES = tuple(mode.value for mode in ExportMode)
 MODEL_STAGES = ("finetune", "distill", "prune", "trim", "qat")  # stages that save a model for the next one
-STAGE_ORDER = ("finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "release")
+STAGE_ORDER = ("teacher", "finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "release")
 QUANTIZED_ACTIVATION_MODES = ("int8", "int16x8")
 IO_TYPES = ("float", "int8")
 SIGNATURE_KEY = "serving_default"

@@ -10,6 +10,8 @@ from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, Tr
 from tfcompress.utils import to_json
 from tfcompress.errors import ConfigError
 
+STUDENT_INITS = ("auto", "teacher", "model")
+
 
 @dataclass
 class DataConfig:
@@ -47,17 +49,51 @@ class StudentConfig:
     """The distillation student and its teacher.
 
     Args:
-        teacher: directory of the fine-tuned teacher; "" = the current model (the ``finetune`` stage's).
-        num_layers: transformer blocks of the student, copied from evenly spaced teacher blocks
-            (``distill.make_student``).
+        teacher: directory of the fine-tuned teacher; "" = the ``teacher`` stage's model when that
+            stage ran, else the current model (the ``finetune`` stage's).
+        num_layers: transformer blocks of the student, copied from evenly spaced blocks of the model
+            it starts from (``models.make_student``).
+        init: what the student's blocks are copied from. ``"teacher"``: the teacher's (DistilBERT-style;
+            needs the teacher's tokenizer to be the run's). ``"model"``: the current model (``--model``,
+            or the ``finetune`` stage's output when it ran: a fine-tuned "teacher assistant"), taught
+            through the teacher's per-text logits when the two tokenize differently. ``"auto"``:
+            ``"teacher"`` when teacher and current model share architecture and vocabulary, else
+            ``"model"``; the report records the choice.
     """
 
     teacher: str = ""
     num_layers: int = 3
+    init: str = "auto"
 
     def validate(self) -> None:
         if not isinstance(self.num_layers, int) or self.num_layers < 1:
             raise ConfigError(f"student.num_layers={self.num_layers!r}: must be an integer >= 1")
+        if self.init not in STUDENT_INITS:
+            raise ConfigError(f"student.init={self.init!r}: must be one of {STUDENT_INITS}")
+
+
+@dataclass
+class TeacherStageConfig:
+    """The ``teacher`` stage: fine-tune a (larger) checkpoint as the distillation teacher.
+
+    The stage trains ``model`` on the task with ``teacher_train`` and its own tokenizer, saves it as
+    ``OUTPUT/teacher/model`` and leaves the run's model alone: the ``distill`` stage then teaches the
+    student (built from ``--model``) with it. Interrupted, it resumes from its last checkpoint.
+
+    Args:
+        model: hub name or directory of the teacher checkpoint (``sentence-transformers/all-mpnet-base-v2``
+            resolves to the packaged copy when ``requirements-teacher.txt`` is installed).
+        pooling: the teacher's sequence head, as ``RecipeConfig.pooling``. ``"auto"`` refuses a
+            checkpoint trained with a pooling tfcompress cannot build for its architecture (MPNet
+            with mean pooling) rather than switching heads silently.
+    """
+
+    model: str = ""
+    pooling: str = "auto"
+
+    def validate(self) -> None:
+        if self.pooling not in ("auto", "cls", "mean"):
+            raise ConfigError(f"teacher.pooling={self.pooling!r}: must be 'auto', 'cls' or 'mean'")
 
 
 @dataclass
@@ -222,6 +258,8 @@ class RecipeConfig:
             Later stages keep the head they are given.
         data: a :class:`DataConfig`.
         train: the fine-tuning :class:`TrainConfig`.
+        teacher: the checkpoint the ``teacher`` stage fine-tunes (:class:`TeacherStageConfig`).
+        teacher_train: training of the ``teacher`` stage.
         student: teacher and student size for the ``distill`` stage.
         distill: loss weights and temperature (:class:`tfcompress.distill.DistillConfig`).
         distill_train: training length etc. of the ``distill`` stage.
@@ -246,6 +284,8 @@ class RecipeConfig:
     pooling: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherStageConfig = field(default_factory=TeacherStageConfig)
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=2e-5))
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     distill_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, learning_rate=1e-4))
@@ -291,10 +331,12 @@ class RecipeConfig:
         if self.prune_distill.augment_copies:
             raise ConfigError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
                              "stage does not augment; set distill.augment_copies")
-        for section in ("data", "student", "distill", "prune", "prune_distill", "trim", "qat", "export", "evaluate",
+        if "teacher" in self.stages and not self.teacher.model:
+            raise ConfigError("teacher.model is empty (--teacher): the teacher stage needs a checkpoint to fine-tune")
+        for section in ("data", "teacher", "student", "distill", "prune", "prune_distill", "trim", "qat", "export", "evaluate",
                         "release"):
             getattr(self, section).validate()
-        for section in ("train", "distill_train", "prune_train", "qat_train"):
+        for section in ("train", "teacher_train", "distill_train", "prune_train", "qat_train"):
             try:
                 getattr(self, section).validate()
             except ValueError as error:

@@ -303,6 +303,9 @@ class DistillConfig:
             Needs ``alpha < 1`` (they carry no hard label).
         augment_mask_prob (float): per-word masking probability of the augmentation.
         augment_ngram_prob (float): probability an augmented text keeps only an n-gram of <= 5 words.
+        teacher_cache_dir (str): where a teacher of another tokenizer keeps its per-text logits
+            (:mod:`tfcompress.compress.teacher_logits`); "" = ``$TFCOMPRESS_CACHE/teacher-logits``
+            (default ``~/.cache/tfcompress/teacher-logits``), shared by every run on the machine.
     """
 
     temperature: float = 2.0
@@ -317,6 +320,7 @@ class DistillConfig:
     augment_copies: int = 0
     augment_mask_prob: float = 0.1
     augment_ngram_prob: float = 0.25
+    teacher_cache_dir: str = ""
 
     def __post_init__(self):
         self.validate()

@@ -177,7 +177,7 @@ def _is_default_label_map(id2label: dict) -> bool:
     return all(str(label) == f"LABEL_{int(index)}" for index, label in id2label.items())
 
 
-def _config_labels(config) -> list[str]:
+def config_labels(config) -> list[str]:
     return [str(config.id2label[i]) for i in sorted(int(k) for k in config.id2label)]
 
 
@@ -189,7 +189,7 @@ def _apply_labels(config, labels: list[str] | None, path: str) -> None:
         raise ValueError("labels=[] is empty; pass the label names, or None to keep the model's own")
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels={labels} has duplicates")
-    existing = _config_labels(config)
+    existing = config_labels(config)
     if not _is_default_label_map(config.id2label) and existing != labels:
         raise LabelMismatchError(
             f"the model in {path} was fine-tuned with labels {existing}, but labels {labels} were "

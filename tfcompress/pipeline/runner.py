@@ -83,7 +83,10 @@ def config_hash(*parts) -> str:
 def stage_config(config: RecipeConfig, name: str) -> dict:
     """The part of the config a stage depends on (what its hash covers, with the upstream hashes)."""
     base = {"model": config.model, "task": config.task, "data": dataclasses.asdict(config.data)}
+    if name == "teacher":
+        del base["model"]  # the teacher's checkpoint is teacher.model; the student's is not its input
     sections = {
+        "teacher": ("teacher", "teacher_train"),
         "finetune": ("train",),
         "distill": ("student", "distill", "distill_train"),
         "prune": ("prune", "prune_train", "prune_distill"),
@@ -95,7 +98,7 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
     }.get(name, ())
     for section in sections:
         base[section] = dataclasses.asdict(getattr(config, section))
-    if name == "finetune":
+    if name in ("finetune", "distill"):  # distill: a student from --model gets a new head too
         base["pooling"] = loading.resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
     return base
 
@@ -230,7 +233,9 @@ def latest_model(output_dir, before: str) -> str | None:
 
 def _advance(context: Context, name: str, manifest: dict) -> None:
     model_dir = manifest.get("model_dir")
-    if model_dir:
+    if model_dir and name == "teacher":  # the teacher teaches; the run's model stays the student's
+        context.stage_models[name] = str(context.output_dir / model_dir)
+    elif model_dir:
         context.current_model = str(context.output_dir / model_dir)
         context.stage_models[name] = context.current_model
 
@@ -246,7 +251,7 @@ def stage_hashes(config: RecipeConfig) -> dict[str, str]:
     return hashes
 
 
-TRAINING_SECTIONS = {"finetune": "train", "distill": "distill_train", "prune": "prune_train", "qat": "qat_train"}
+TRAINING_SECTIONS = {"teacher": "teacher_train", "finetune": "train", "distill": "distill_train", "prune": "prune_train", "qat": "qat_train"}
 
 
 def stage_training(config: RecipeConfig, name: str):

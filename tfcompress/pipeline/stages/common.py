@@ -10,7 +10,8 @@ from tfcompress._compat import tf
 from tfcompress.compress import prune
 from tfcompress.config.training import TrainConfig
 from tfcompress.evaluate import metrics
-from tfcompress.models.facts import count_params
+from tfcompress.data import encoding
+from tfcompress.models.facts import count_params, model_input_names
 from tfcompress.pipeline.runner import Context
 from tfcompress.utils import get_logger
 
@@ -26,9 +27,14 @@ def keras_predict_fn(model) -> Callable:
     return lambda features: predict({k: tf.constant(v) for k, v in features.items()}).numpy()
 
 
-def test_logits_and_metrics(context: Context, model, max_length: int | None = None):
-
-    data = context.encoded("test", max_length)
+def test_logits_and_metrics(context: Context, model, max_length: int | None = None, tokenizer=None):
+    """``(logits, metrics)`` of a Keras model on the test split; ``tokenizer``: the model's own when it
+    is not the run's (a teacher of another architecture)."""
+    if tokenizer is None:
+        data = context.encoded("test", max_length)
+    else:
+        data = encoding.encode(tokenizer, context.examples("test"), max_length=max_length or context.config.data.max_length,
+                               input_names=model_input_names(model))
     batch_size = context.config.evaluate.batch_size
     logits = metrics.predict_logits(keras_predict_fn(model), data, batch_size=batch_size, progress=False)
     return logits, metrics.compute_metrics(context.config.task, logits, data.labels, data.label_names)

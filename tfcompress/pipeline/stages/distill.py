@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from tfcompress.compress import distill
+from tfcompress.compress import distill, teacher_logits
 from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.data import augment, encoding, readers
-from tfcompress.models import loading, make_student
-from tfcompress.pipeline.runner import Context, stage
+from tfcompress.errors import ConfigError
+from tfcompress.models import loading, make_student, packaged
+from tfcompress.models.facts import model_input_names
+from tfcompress.pipeline.runner import Context, read_manifest, stage
 from tfcompress.pipeline.stages.common import model_facts, per_class_of, primary_name, scalars, test_logits_and_metrics
 from tfcompress.train.trainer import Trainer
 from tfcompress.utils import get_logger
-from tfcompress.errors import ConfigError
 
 log = get_logger("pipeline")
 
-def _augmented_train(context: "Context", train):
-    """The training set plus ``distill.augment_copies`` augmented copies of its texts (hard label
-    ``IGNORE_INDEX``), or None when augmentation is off. Sequence task only."""
+
+def _augmented_texts(context: "Context") -> list:
+    """``distill.augment_copies`` augmented copies of the training texts ([] when augmentation is off)."""
     config = context.config.distill
     if not config.augment_copies:
-        return None
+        return []
     tokenizer = context.tokenizer()
     if tokenizer.mask_token is None:
         raise ConfigError(f"DistillConfig.augment_copies={config.augment_copies}: the tokenizer has no mask token")
@@ -29,58 +31,147 @@ def _augmented_train(context: "Context", train):
     texts = augment.augment_texts(examples.texts, config.augment_copies, tokenizer.mask_token,
                                   mask_prob=config.augment_mask_prob, ngram_prob=config.augment_ngram_prob,
                                   seed=context.config.distill_train.seed)
-    extra = readers.TextClassificationExamples(texts=texts, labels=[IGNORE_INDEX] * len(texts),
-                                            label_names=list(examples.label_names),
-                                            source=f"{examples.source} (augmented)")
-    encoded = encoding.encode(tokenizer, extra, max_length=context.config.data.max_length, input_names=train.input_names)
     log.info("distill: %d augmented texts (%d copies asked per %d training texts), soft labels only",
              len(texts), config.augment_copies, len(examples))
+    return texts
+
+
+def _unlabelled(context: "Context", texts: list, source: str):
+    examples = context.examples("train")
+    return readers.TextClassificationExamples(texts=list(texts), labels=[IGNORE_INDEX] * len(texts),
+                                              label_names=list(examples.label_names), source=source)
+
+
+def _training_data(context: "Context", augmented: list):
+    """The encoded training set plus the augmented texts (hard label ``IGNORE_INDEX``)."""
+    train = context.encoded("train")
+    if not augmented:
+        return train
+    source = f"{context.examples('train').source} (augmented)"
+    encoded = encoding.encode(context.tokenizer(), _unlabelled(context, augmented, source),
+                              max_length=context.config.data.max_length, input_names=train.input_names)
     return encoding.concatenate([train, encoded])
+
+
+def _teacher_path(context: "Context") -> str:
+    """``student.teacher``, else this run folder's ``teacher`` stage model, else the current model."""
+    if context.config.student.teacher:
+        return context.config.student.teacher
+    if "teacher" in context.stage_models:
+        return context.stage_models["teacher"]
+    manifest = read_manifest(context.output_dir, "teacher")  # a teacher fine-tuned by an earlier command
+    if manifest and manifest.get("model_dir"):
+        return str(context.output_dir / manifest["model_dir"])
+    return context.current_model
+
+
+def _load_teacher(context: "Context", path: str):
+    try:
+        return context.load_model(path)
+    except loading.LabelMismatchError as error:
+        raise ConfigError(f"student.teacher={path!r} (--distill-from): the teacher's label set must be the "
+                          f"training file's: {error}") from error
+
+
+def _same_tokenizer(teacher, teacher_tokenizer, context: "Context") -> bool:
+    student_config = loading.read_model_config(context.current_model)[1]
+    return (teacher.config.model_type == student_config.model_type
+            and teacher_tokenizer.get_vocab() == context.tokenizer().get_vocab())
+
+
+def _student_init(context: "Context", same: bool) -> str:
+    init = context.config.student.init
+    if init == "auto":
+        return "teacher" if same else "model"
+    if init == "teacher" and not same:
+        raise ConfigError(f"student.init='teacher': the teacher {_teacher_path(context)} tokenizes differently "
+                          f"from the run's model {context.current_model}; a student built from its blocks "
+                          "would not read the run's token ids. Use student.init=model (or auto)")
+    return init
+
+
+def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augmented: list) -> tuple:
+    """The teacher's logits for every training text (then the augmented ones), each read with the
+    teacher's own tokenizer, from the on-disk cache or computed into it."""
+    config = context.config
+    if config.task != "sequence":
+        raise ConfigError(f"student.teacher={_teacher_path(context)!r}: a teacher with another tokenizer can "
+                          "teach sequence tasks only (token tasks need per-word alignment)")
+    # An augmented text masks words with the student's mask token; the teacher reads its own.
+    student_mask, teacher_mask = context.tokenizer().mask_token, teacher_tokenizer.mask_token
+    if augmented and teacher_mask is None:
+        raise ConfigError(f"distill.augment_copies={config.distill.augment_copies}: the teacher "
+                          f"{_teacher_path(context)} has no mask token to read the masked copies with")
+    texts = list(context.examples("train").texts) + [text.replace(student_mask, teacher_mask) for text in augmented]
+    augmentation = {} if not augmented else {
+        "copies": config.distill.augment_copies, "mask_prob": config.distill.augment_mask_prob,
+        "ngram_prob": config.distill.augment_ngram_prob, "seed": config.distill_train.seed}
+    fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config), texts,
+                                         config.data.max_length, augmentation)
+    directory = Path(config.distill.teacher_cache_dir or packaged.cache_root() / "teacher-logits")
+    cache = teacher_logits.TeacherLogitCache(directory)
+    data = encoding.encode(teacher_tokenizer, _unlabelled(context, texts, "teacher view"),
+                           max_length=config.data.max_length, input_names=model_input_names(teacher))
+    return cache.load_or_compute(fields, teacher, data, batch_size=config.distill_train.eval_batch_size)
 
 
 @stage("distill")
 def distill_stage(context: Context) -> dict:
-    """Distil the teacher (``student.teacher`` or the current model) into a ``student.num_layers`` student.
+    """Distil the teacher (``student.teacher``, the ``teacher`` stage's model, or the current model)
+    into a ``student.num_layers`` student.
 
-    The student starts from evenly spaced teacher blocks (``student.make_student``) and trains through
-    the Trainer with the Distiller's loss and hooks; teacher outputs are cached first when
-    ``distill.cache_teacher`` is set. Records teacher and student test metrics, parameter counts and
-    the layer map.
+    The student starts from evenly spaced blocks of the teacher or of the current model
+    (``student.init``) and trains through the Trainer with the Distiller's loss and hooks. A teacher
+    that tokenizes like the student is run on the student's batches (or cached in memory with
+    ``distill.cache_teacher``); one of another architecture or tokenizer teaches through its per-text
+    logits, computed once with its own tokenizer and kept on disk. Records teacher and student test
+    metrics (each read with its own tokenizer), parameter counts and the layer map.
     """
     config = context.config
     stage_dir = context.stage_dir("distill")
-    teacher_path = config.student.teacher or context.current_model
+    teacher_path = _teacher_path(context)
     started = time.time()
-    teacher = context.load_model(teacher_path)
-    student = make_student(teacher, num_layers=config.student.num_layers)
-    distiller = distill.Distiller(teacher, student, config.distill, task=config.task)
-    train, evaluation = context.encoded("train"), context.encoded("eval")
-    augmented = _augmented_train(context, train)
-    if augmented is not None:
-        train = augmented
-    cache = None
-    if config.distill.cache_teacher:
+    teacher = _load_teacher(context, teacher_path)
+    teacher_tokenizer = loading.load_tokenizer(teacher_path)
+    same = _same_tokenizer(teacher, teacher_tokenizer, context)
+    init = _student_init(context, same)
+    if init == "teacher":
+        student = make_student(teacher, num_layers=config.student.num_layers)
+    else:
+        fresh_head = context.current_model not in context.stage_models.values()
+        base = context.load_model(pooling=config.pooling if fresh_head and config.task == "sequence" else None)
+        student = make_student(base, num_layers=config.student.num_layers)
+        del base
+    distiller = distill.Distiller(teacher, student, config.distill, task=config.task, same_tokenizer=same)
+    augmented = _augmented_texts(context)
+    train, evaluation = _training_data(context, augmented), context.encoded("eval")
+    cache, logits_file = None, None
+    if not same:
+        logits, logits_file = _cross_tokenizer_logits(context, teacher, teacher_tokenizer, augmented)
+        cache = distiller.use_teacher_logits(logits)
+    elif config.distill.cache_teacher:
         cache = distiller.cache_teacher_outputs(train, batch_size=config.distill_train.eval_batch_size)
     trainer = Trainer(distiller, config.task, config.distill_train, stage_dir, hooks=distill.hooks(distiller),
                       loss_fn=distiller.loss_fn, label_names=context.label_names, stage="distill")
     result = trainer.fit(train, evaluation)
     loading.save_model(distiller.student, context.tokenizer(), stage_dir / "model")
     _, student_metrics = test_logits_and_metrics(context, distiller.student)
-    _, teacher_metrics = test_logits_and_metrics(context, teacher)
+    _, teacher_metrics = test_logits_and_metrics(context, teacher, tokenizer=None if same else teacher_tokenizer)
     facts = model_facts(distiller.student, stage_dir / "model")
     description = distiller.describe()
     report = context.report()
     record = report.set_stage(
         "distill", metrics=scalars(student_metrics), seconds=time.time() - started, output="distill/",
-        model_dir="distill/model", input_model=str(teacher_path), teacher=str(teacher_path),
+        model_dir="distill/model", input_model=str(context.current_model if init == "model" else teacher_path),
+        teacher=str(teacher_path), student_init=init, same_tokenizer=same, teacher_logits=logits_file,
         teacher_metrics=scalars(teacher_metrics), eval_metrics=scalars(result["metrics"]),
         teacher_params=description["teacher_params"], student_params=description["student_params"],
         layer_map=description["layer_map"], distillation=description, teacher_cache=cache,
-        augmented_examples=len(train) - len(context.encoded("train")),
-        best_step=result["best_step"], steps=result["steps"],
+        augmented_examples=len(augmented), best_step=result["best_step"], steps=result["steps"],
         train_samples_per_second=result["samples_per_second"], per_class=per_class_of(student_metrics), **facts)
     report.save()
     primary = primary_name(context)
-    log.info("distill: student (%d layers) %s=%.4f, teacher (%d layers) %.4f", description["student_layers"],
-             primary, student_metrics[primary], description["teacher_layers"], teacher_metrics[primary])
+    log.info("distill: student (%d layers, from the %s) %s=%.4f, teacher (%d layers) %.4f",
+             description["student_layers"], init, primary, student_metrics[primary], description["teacher_layers"],
+             teacher_metrics[primary])
     return record

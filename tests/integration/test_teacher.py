@@ -1,0 +1,177 @@
+"""The teacher stage and cross-architecture distillation through the recipe chain, on tiny models:
+an MPNet teacher with its own vocabulary teaching a BERT student."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SST_ROWS, build_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = {0: "negative", 1: "positive"}
+
+
+@pytest.fixture
+def student_run(tmp_path, tiny_tokenizer, monkeypatch):
+    """A tiny BERT student folder, a CSV with string labels, a teacher-logits cache folder of the test's
+    own, and the command that runs the custom_csv chain on them."""
+    from tfcompress.models.loading import save_model
+
+    save_model(build_tiny_model("sequence"), tiny_tokenizer, tmp_path / "student")
+    csv = tmp_path / "train.csv"
+    csv.write_text("text,label\n" + "".join(f"{s},{NAMES[l]}\n" for s, l in SST_ROWS))
+    monkeypatch.setenv("TFCOMPRESS_CACHE", str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "tfcompress.cli", "run", "custom_csv", "--smoke", "--model",
+               str(tmp_path / "student"), "--train-file", str(csv), "--batch-size", "4"]
+    return command, tmp_path
+
+
+def _in_process(command, monkeypatch):
+    from tfcompress.cli import commands as cli
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    assert cli.main(command[3:]) == 0
+
+
+def _stage(out: Path, name: str) -> dict:
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    return next(s for s in stages if s["name"] == name)
+
+
+def test_an_mpnet_teacher_teaches_a_bert_student_through_cached_per_text_logits(
+        student_run, tiny_mpnet_dir, monkeypatch):
+    command, folder = student_run
+    first = folder / "first"
+    _in_process(command + ["--output-dir", str(first), "--distill-from", str(tiny_mpnet_dir), "--student-layers", "1",
+                           "--stages", "distill"], monkeypatch)
+    record = _stage(first, "distill")
+    assert record["same_tokenizer"] is False and record["student_init"] == "model"
+    assert record["input_model"] == str(folder / "student") and record["teacher"] == str(tiny_mpnet_dir)
+    assert record["teacher_logits"]["reused"] is False and record["teacher_logits"]["texts"] == len(SST_ROWS)
+    assert Path(record["teacher_logits"]["file"]).parent == folder / "cache" / "teacher-logits"
+    saved = json.loads((first / "distill" / "model" / "config.json").read_text())
+    assert saved["model_type"] == "bert" and saved["num_hidden_layers"] == 1
+    assert (first / "distill" / "model" / "vocab.txt").read_text() == (folder / "student" / "vocab.txt").read_text()
+    logged = [json.loads(line) for line in (first / "distill" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/distill/kd_loss" in row for row in logged)
+
+    second = folder / "second"  # a later run, another folder: the teacher does not run again
+    _in_process(command + ["--output-dir", str(second), "--distill-from", str(tiny_mpnet_dir), "--student-layers",
+                           "1", "--stages", "distill"], monkeypatch)
+    assert _stage(second, "distill")["teacher_logits"]["reused"] is True
+
+    third = folder / "third"  # augmentation changes the texts: another cache file
+    _in_process(command + ["--output-dir", str(third), "--distill-from", str(tiny_mpnet_dir), "--student-layers",
+                           "1", "--augment-copies", "1", "--alpha", "0.5", "--stages", "distill"], monkeypatch)
+    logits = _stage(third, "distill")["teacher_logits"]
+    assert logits["reused"] is False and logits["texts"] > len(SST_ROWS)
+    assert logits["file"] != record["teacher_logits"]["file"]
+    # the teacher read the masked copies with its own mask token (<mask>), not the student's [MASK]
+    import numpy as np
+
+    from tfcompress.compress import teacher_logits
+    from tfcompress.data import augment
+
+    texts = [text for text, _ in SST_ROWS]
+    with np.load(logits["file"]) as archive:
+        stored = json.loads(str(archive["fields"]))
+    expected = texts + augment.augment_texts(texts, 1, "<mask>", seed=stored["augmentation"]["seed"])
+    assert stored["texts_sha256"] == teacher_logits.texts_digest(expected)
+
+
+def test_a_teacher_with_other_labels_is_refused_naming_the_field(student_run, tiny_mpnet_dir, tmp_path):
+    from tfcompress.models import loading
+
+    teacher = loading.load_model(str(tiny_mpnet_dir), labels=["bad", "good"])
+    loading.save_model(teacher, loading.load_tokenizer(str(tiny_mpnet_dir)), tmp_path / "other-labels")
+    command, folder = student_run
+    result = subprocess.run(command + ["--output-dir", str(folder / "run"), "--distill-from",
+                                       str(tmp_path / "other-labels"), "--student-layers", "1", "--stages", "distill"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TFCOMPRESS_CACHE": str(folder / "cache")})
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert "student.teacher=" in error and "label set" in error and "Traceback" not in result.stderr
+
+
+def test_student_init_teacher_is_refused_for_a_teacher_of_another_tokenizer(student_run, tiny_mpnet_dir):
+    command, folder = student_run
+    result = subprocess.run(command + ["--output-dir", str(folder / "run"), "--distill-from", str(tiny_mpnet_dir),
+                                       "--student-layers", "1", "--stages", "distill", "--set", "student.init=teacher"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "student.init='teacher'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_auto_pooling_does_not_switch_a_mean_trained_mpnet_to_cls_silently(tmp_path, tiny_mpnet_dir):
+    import shutil
+
+    from tfcompress.errors import ConfigError
+    from tfcompress.models import loading
+
+    folder = tmp_path / "st-mpnet"
+    shutil.copytree(tiny_mpnet_dir, folder)
+    (folder / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling",
+                                                      "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    with pytest.raises(ConfigError, match="trained with mean pooling.*--pooling cls"):
+        loading.load_model(str(folder), pooling="auto")
+    assert loading.resolve_pooling("auto", str(tiny_mpnet_dir)) == "cls"  # no sentence-transformers config
+    assert type(loading.load_model(str(folder), pooling="cls")).__name__ == "TFMPNetForSequenceClassification"
+
+
+def test_teacher_flags_choose_the_chain_and_conflict():
+    import argparse
+
+    from tfcompress.cli import options
+    from tfcompress.config import recipe
+
+    defaults = recipe.RecipeConfig(stages=["finetune", "prune", "export"])
+    parser = argparse.ArgumentParser()
+    options.add_recipe_arguments(parser, defaults)
+    args = parser.parse_args(["--output-dir", "o", "--teacher", "big", "--teacher-epochs", "2"])
+    config = options.config_from_args(args, defaults)
+    assert config.stages == ["teacher", "finetune", "distill", "prune", "export"]
+    assert config.teacher.model == "big" and config.teacher_train.epochs == 2
+    with pytest.raises(ValueError, match="--teacher big and --distill-from done"):
+        options.config_from_args(parser.parse_args(["--output-dir", "o", "--teacher", "big", "--distill-from", "done"]),
+                                 defaults)
+    with pytest.raises(ValueError, match="teacher.model is empty"):
+        recipe.RecipeConfig(stages=["teacher", "finetune"]).validate()
+
+
+def test_the_teacher_stage_resumes_after_a_kill_and_teaches_the_student(student_run, tiny_mpnet_dir, monkeypatch):
+    """SIGKILL while the teacher trains (after its first checkpoint), the same command again: the stage
+    resumes from the checkpoint, and the distill stage learns from the teacher stage's model."""
+    command, folder = student_run
+    out = folder / "run"
+    command = command + ["--output-dir", str(out), "--teacher", str(tiny_mpnet_dir), "--student-layers", "1",
+                         "--stages", "teacher,distill", "--set", "teacher.pooling=cls",
+                         "--set", "teacher_train.checkpoint_every=1", "--set", "teacher_train.max_steps=40",
+                         "--set", "teacher_train.batch_size=1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "TFCOMPRESS_CACHE": str(folder / "cache")})
+    deadline = time.time() + 600
+    try:
+        while not list((out / "teacher" / "checkpoints").glob("ckpt-*.index")):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "the teacher never checkpointed"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert not (out / "teacher" / "manifest.json").exists()
+    _in_process(command, monkeypatch)
+    teacher = _stage(out, "teacher")
+    assert teacher["resumed_from"] >= 1 and teacher["steps"] == 40
+    distill = _stage(out, "distill")
+    assert distill["teacher"] == str(out / "teacher" / "model")
+    assert distill["input_model"] == str(folder / "student") and distill["same_tokenizer"] is False

@@ -1,0 +1,152 @@
+"""Cross-tokenizer distillation: per-text teacher logits on disk, and the Distiller that learns from them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SST_ROWS, build_tiny_model
+
+TEXTS = [text for text, _ in SST_ROWS]
+
+
+@pytest.fixture
+def teacher(tiny_mpnet_dir):
+    from tfcompress.models import loading
+
+    return loading.load_model(str(tiny_mpnet_dir), labels=["negative", "positive"])
+
+
+@pytest.fixture
+def teacher_data(tiny_mpnet_dir, teacher):
+    from tfcompress.data import encoding, readers
+    from tfcompress.models import loading
+    from tfcompress.models.facts import model_input_names
+
+    examples = readers.TextClassificationExamples(texts=TEXTS, labels=[-100] * len(TEXTS),
+                                                  label_names=["negative", "positive"], source="test")
+    return encoding.encode(loading.load_tokenizer(str(tiny_mpnet_dir)), examples, max_length=16,
+                           input_names=model_input_names(teacher))
+
+
+def _fields(tiny_mpnet_dir, texts=TEXTS, augmentation=None):
+    from tfcompress.compress import teacher_logits
+
+    return teacher_logits.cache_fields(tiny_mpnet_dir, ["negative", "positive"], texts, 16, augmentation)
+
+
+def test_logits_are_the_teachers_own_on_its_own_tokens(tiny_mpnet_dir, teacher, teacher_data):
+    from tfcompress.compress import teacher_logits
+    from tfcompress.models import loading
+
+    logits = teacher_logits.compute_logits(teacher, teacher_data, batch_size=5)
+    tokenizer = loading.load_tokenizer(str(tiny_mpnet_dir))
+    one = teacher(dict(tokenizer([TEXTS[3]], return_tensors="tf", return_token_type_ids=False)), training=False)
+    np.testing.assert_allclose(logits[3], one.logits.numpy()[0], atol=1e-5)
+    assert logits.shape == (len(TEXTS), 2) and not np.isnan(logits).any()
+
+
+def test_cache_is_computed_once_then_reused_by_a_later_run(tmp_path, tiny_mpnet_dir, teacher, teacher_data, monkeypatch):
+    from tfcompress.compress import teacher_logits
+
+    cache = teacher_logits.TeacherLogitCache(tmp_path / "cache")
+    fields = _fields(tiny_mpnet_dir)
+    first, info = cache.load_or_compute(fields, teacher, teacher_data, batch_size=4)
+    assert not info["reused"] and info["computed"] == len(TEXTS)
+    assert cache.path_for(fields).is_file() and not list((tmp_path / "cache").glob("*.partial.npz"))
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran although its logits were cached")
+
+    monkeypatch.setattr(teacher_logits, "compute_logits", no_teacher)
+    again, info = teacher_logits.TeacherLogitCache(tmp_path / "cache").load_or_compute(fields, teacher, teacher_data)
+    assert info["reused"]
+    np.testing.assert_array_equal(first, again)
+
+
+def test_another_teacher_data_or_augmentation_gets_another_file_and_the_log_names_the_field(
+        tmp_path, tiny_mpnet_dir, teacher, teacher_data, caplog):
+    import logging
+    import shutil
+
+    from tfcompress.compress import teacher_logits
+
+    cache = teacher_logits.TeacherLogitCache(tmp_path / "cache")
+    base = _fields(tiny_mpnet_dir)
+    cache.load_or_compute(base, teacher, teacher_data)
+    augmented = _fields(tiny_mpnet_dir, augmentation={"copies": 1, "seed": 42})
+    other_texts = _fields(tiny_mpnet_dir, texts=list(reversed(TEXTS)))
+    retrained = tmp_path / tiny_mpnet_dir.name
+    shutil.copytree(tiny_mpnet_dir, retrained)
+    with open(retrained / "tf_model.h5", "ab") as handle:  # other weights bytes: another teacher
+        handle.write(b"\0")
+    other_teacher = teacher_logits.cache_fields(retrained, ["negative", "positive"], TEXTS, 16, None)
+    assert other_teacher["teacher_weights_sha256"] != base["teacher_weights_sha256"]
+    paths = {cache.path_for(f) for f in (base, augmented, other_texts, other_teacher)}
+    assert len(paths) == 4
+    caplog.set_level(logging.INFO, logger="tfcompress")
+    logger = logging.getLogger("tfcompress")
+    logger.addHandler(caplog.handler)
+    try:
+        cache.load_or_compute(augmented, teacher, teacher_data)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert any("differs in augmentation" in m for m in caplog.messages), caplog.messages
+
+
+def test_a_file_made_for_other_fields_is_refused_naming_the_field(tmp_path, tiny_mpnet_dir, teacher, teacher_data):
+    from tfcompress.compress import teacher_logits
+    from tfcompress.errors import TfcompressError
+
+    cache = teacher_logits.TeacherLogitCache(tmp_path)
+    fields = _fields(tiny_mpnet_dir)
+    other = dict(fields, teacher_labels=["positive", "negative"])
+    cache._write(cache.path_for(fields), other, np.zeros((len(TEXTS), 2), np.float32))  # copied in by hand
+    with pytest.raises(teacher_logits.TeacherCacheError, match="field 'teacher_labels'") as error:
+        cache.load_or_compute(fields, teacher, teacher_data)
+    assert isinstance(error.value, TfcompressError) and str(cache.path_for(fields)) in str(error.value)
+    cache.path_for(fields).write_bytes(b"not a numpy archive")
+    with pytest.raises(teacher_logits.TeacherCacheError, match="not a readable teacher-logits cache"):
+        cache.load(fields)
+
+
+def test_an_interrupted_computation_continues_from_its_partial_file(tmp_path, tiny_mpnet_dir, teacher, teacher_data):
+    from tfcompress.compress import teacher_logits
+
+    full = teacher_logits.compute_logits(teacher, teacher_data, batch_size=4)
+    cache = teacher_logits.TeacherLogitCache(tmp_path)
+    fields = _fields(tiny_mpnet_dir)
+    half = full.copy()
+    half[::2] = np.nan  # what a killed run saved: every other row done
+    final = cache.path_for(fields)
+    cache._write(final.with_name(final.name[:-4] + ".partial.npz"), fields, half)
+    logits, info = cache.load_or_compute(fields, teacher, teacher_data, batch_size=4)
+    assert info["computed"] == (len(TEXTS) + 1) // 2
+    np.testing.assert_allclose(logits, full, atol=1e-5)
+    assert final.is_file() and not final.with_name(final.name[:-4] + ".partial.npz").exists()
+
+
+def test_distiller_across_tokenizers_learns_from_per_text_logits_only(teacher):
+    from tfcompress.compress import distill
+    from tfcompress.config.training import DistillConfig
+    from tfcompress.errors import ConfigError
+
+    student = build_tiny_model("sequence")
+    assert teacher.config.vocab_size != student.config.vocab_size
+    with pytest.raises(ValueError, match="vocab_size"):
+        distill.Distiller(teacher, student, DistillConfig())
+    with pytest.raises(ConfigError, match="DistillConfig.hidden_loss_weight=1.0: .*cannot be mapped"):
+        distill.Distiller(teacher, student, DistillConfig(hidden_loss_weight=1.0), same_tokenizer=False)
+
+    distiller = distill.Distiller(teacher, student, DistillConfig(alpha=0.0, temperature=1.0), task="sequence",
+                                  same_tokenizer=False)
+    targets = np.array([[2.0, -2.0], [-1.0, 1.0], [0.5, 0.0]], np.float32)
+    distiller.use_teacher_logits(targets)
+    features = {"input_ids": np.array([[2, 6, 3, 0], [2, 7, 8, 3]], np.int32),
+                "attention_mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.int32),
+                "token_type_ids": np.zeros((2, 4), np.int32)}
+    loss, logits, terms = distiller.loss_fn(distiller, {**features, "example_index": np.array([2, 0], np.int32)},
+                                            np.array([1, 0], np.int32), training=False)
+    expected = distill.kd_loss(logits, targets[[2, 0]], 1.0)
+    np.testing.assert_allclose(terms["distill/kd_loss"].numpy(), expected.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="cannot run on the student's batch"):
+        distiller.loss_fn(distiller, features, np.array([1, 0], np.int32), training=False)

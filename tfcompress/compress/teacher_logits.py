@@ -1,0 +1,224 @@
+"""Teacher logits per training text, on disk: the cache behind cross-tokenizer distillation.
+
+When teacher and student read text with different tokenizers (MPNet's 30,527-entry vocabulary and
+MiniLM's 30,522, or any two architectures), their token positions do not line up: only what each
+predicts for a whole text can be compared. The teacher therefore runs once over the training texts
+(and their augmented copies), each tokenized with the teacher's own tokenizer, and the student learns
+from those logits by row (:meth:`tfcompress.compress.distill.Distiller.use_teacher_logits`).
+
+A cache file ``<cache_dir>/<teacher folder name>-<key>.npz`` holds ``logits`` (``[N, C]`` float32)
+and ``fields``, a JSON object of everything the logits depend on (see :func:`cache_fields`): the
+teacher (folder, weights digest, labels, max length) and the texts (count and digest, which covers the
+training data and the augmentation), plus the augmentation settings for the reader. The key is a hash
+of the fields, so another teacher, other data or another augmentation gets another file, and the log
+says which fields differ from the teacher's other cache files. Writes are atomic; a computation that
+is interrupted keeps its finished rows in ``<file>.partial.npz`` and the next run continues from
+there. A file whose stored fields differ from the ones its name promises (copied, edited) is refused
+with an error naming the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tfcompress._compat import tf
+from tfcompress.errors import ConfigError
+from tfcompress.models import facts
+from tfcompress.utils import atomic_write_bytes, get_logger, sha256_file
+
+log = get_logger("distill")
+
+FORMAT = 1
+_WEIGHT_PATTERNS = ("*.h5", "*.safetensors", "*.index.json")
+
+
+class TeacherCacheError(ConfigError):
+    """A teacher-logits cache file does not match the teacher, data or augmentation asked for."""
+
+
+def texts_digest(texts: Sequence) -> str:
+    """sha256 over the texts in order (a text pair counts as its two parts)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        parts = text if isinstance(text, (tuple, list)) else (text,)
+        for part in parts:
+            digest.update(str(part).encode("utf-8"))
+            digest.update(b"\x1f")
+        digest.update(b"\x1e")
+    return digest.hexdigest()
+
+
+def weights_digest(teacher_dir) -> str:
+    """sha256 over the teacher folder's config and weight files (names and contents)."""
+    directory = Path(teacher_dir)
+    files = sorted({p for pattern in _WEIGHT_PATTERNS for p in directory.glob(pattern)} | {directory / "config.json"})
+    digest = hashlib.sha256()
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode("utf-8"))
+            digest.update(sha256_file(path).encode("ascii"))
+    return digest.hexdigest()
+
+
+def cache_fields(teacher_dir, teacher_labels: Sequence[str], texts: Sequence, max_length: int,
+                 augmentation: dict | None = None) -> dict:
+    """What the cached logits depend on; equal fields mean interchangeable logits."""
+    return {
+        "format": FORMAT,
+        "teacher": str(Path(teacher_dir).resolve()),
+        "teacher_weights_sha256": weights_digest(teacher_dir),
+        "teacher_labels": [str(label) for label in teacher_labels],
+        "teacher_max_length": int(max_length),
+        "num_texts": len(texts),
+        "texts_sha256": texts_digest(texts),
+        "augmentation": dict(augmentation or {}),
+    }
+
+
+def _key(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def compute_logits(teacher, data, batch_size: int = 64, rows: np.ndarray | None = None,
+                   on_progress: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                   initial: np.ndarray | None = None) -> np.ndarray:
+    """The teacher's float32 logits for the rows of ``data`` (an EncodedData made with the teacher's
+    tokenizer), batched by length so little padding is computed.
+
+    ``rows`` limits the work to those rows (the others keep ``initial``'s values, NaN without it);
+    ``on_progress(rows_done, logits)`` is called after every batch with the rows finished so far.
+    """
+    names = facts.model_input_names(teacher)
+
+    @tf.function(reduce_retracing=True)
+    def forward(features):
+        return tf.cast(teacher({k: v for k, v in features.items() if k in names}, training=False).logits,
+                       tf.float32)
+
+    lengths = np.asarray(data.lengths(), dtype=np.int64)
+    rows = np.arange(len(lengths)) if rows is None else np.asarray(rows, dtype=np.int64)
+    shape = (len(lengths), int(teacher.config.num_labels))
+    logits = np.full(shape, np.nan, dtype=np.float32) if initial is None else np.array(initial, np.float32)
+    if logits.shape != shape:
+        raise ValueError(f"initial logits have shape {logits.shape}, expected {shape}")
+    order = rows[np.argsort(lengths[rows], kind="stable")]
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        features, _ = data.padded_batch(indices)
+        logits[indices] = forward({k: tf.constant(v) for k, v in features.items()}).numpy()
+        if on_progress is not None:
+            on_progress(order[:start + len(indices)], logits)
+    return logits
+
+
+class TeacherLogitCache:
+    """Teacher logits files in ``directory`` (see the module docstring)."""
+
+    def __init__(self, directory, save_every_seconds: float = 120.0):
+        self.directory = Path(directory)
+        self.save_every_seconds = save_every_seconds
+
+    def path_for(self, fields: dict) -> Path:
+        name = Path(fields["teacher"]).name or "teacher"
+        return self.directory / f"{name}-{_key(fields)}.npz"
+
+    @staticmethod
+    def _write(path: Path, fields: dict, logits: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, logits=logits.astype(np.float32), fields=np.array(json.dumps(fields, sort_keys=True)))
+        atomic_write_bytes(path, buffer.getvalue())
+
+    @staticmethod
+    def _read(path: Path) -> tuple[dict, np.ndarray]:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return json.loads(str(archive["fields"])), np.asarray(archive["logits"], dtype=np.float32)
+        except (OSError, ValueError, KeyError) as error:
+            raise TeacherCacheError(f"{path}: not a readable teacher-logits cache ({error}); delete it to "
+                                    "recompute") from error
+
+    @staticmethod
+    def check(path: Path, stored: dict, fields: dict, logits: np.ndarray) -> None:
+        """Raise TeacherCacheError naming the first field where ``stored`` differs from ``fields``."""
+        for name in fields:
+            if stored.get(name) != fields[name]:
+                raise TeacherCacheError(
+                    f"{path}: teacher-logits cache field {name!r} is {stored.get(name)!r}, this run needs "
+                    f"{fields[name]!r} (the file was made for another teacher, data or augmentation); "
+                    "delete it to recompute")
+        expected = (fields["num_texts"], len(fields["teacher_labels"]))
+        if logits.shape != expected:
+            raise TeacherCacheError(f"{path}: logits have shape {logits.shape}, expected {expected}; delete it "
+                                    "to recompute")
+
+    def _explain_miss(self, fields: dict) -> None:
+        name = Path(fields["teacher"]).name or "teacher"
+        for other in sorted(self.directory.glob(f"{name}-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True):
+            if other.name.endswith(".partial.npz"):
+                continue
+            try:
+                stored, _ = self._read(other)
+            except TeacherCacheError:
+                continue
+            differ = [k for k in fields if stored.get(k) != fields[k]]
+            log.info("teacher logits: %s differs in %s; computing a new cache", other.name, ", ".join(differ))
+            return
+
+    def load(self, fields: dict) -> np.ndarray | None:
+        """The cached logits for ``fields``, or None when there is no complete file for them."""
+        path = self.path_for(fields)
+        if not path.is_file():
+            return None
+        stored, logits = self._read(path)
+        self.check(path, stored, fields, logits)
+        if np.isnan(logits).any():
+            raise TeacherCacheError(f"{path}: {int(np.isnan(logits).any(axis=1).sum())} rows have no logits; "
+                                    "delete it to recompute")
+        return logits
+
+    def load_or_compute(self, fields: dict, teacher, data, batch_size: int = 64) -> tuple[np.ndarray, dict]:
+        """Cached logits for ``fields``, else computed with ``teacher`` over ``data`` (EncodedData made
+        with the teacher's tokenizer, one row per text) and saved. Returns ``(logits, info)``."""
+        if len(data) != fields["num_texts"]:
+            raise ValueError(f"data has {len(data)} rows but the cache fields say {fields['num_texts']} texts")
+        path = self.path_for(fields)
+        started = time.time()
+        logits = self.load(fields)
+        if logits is not None:
+            log.info("teacher logits: reusing %s (%d texts)", path, len(logits))
+            return logits, {"file": str(path), "reused": True, "texts": len(logits), "computed": 0,
+                            "seconds": round(time.time() - started, 1)}
+        self._explain_miss(fields)
+        partial = path.with_name(path.name[:-len(".npz")] + ".partial.npz")
+        previous = None
+        if partial.is_file():
+            stored, previous = self._read(partial)
+            self.check(partial, stored, fields, previous)
+        missing = np.arange(len(data)) if previous is None else np.flatnonzero(np.isnan(previous).any(axis=1))
+        if previous is not None:
+            log.info("teacher logits: continuing %s (%d of %d texts done)", partial, len(data) - len(missing),
+                     len(data))
+        state = {"saved": time.time(), "logged": time.time()}
+
+        def progress(done, values):
+            now = time.time()
+            if now - state["saved"] >= self.save_every_seconds:
+                self._write(partial, fields, values)
+                state["saved"] = now
+            if now - state["logged"] >= 60:
+                log.info("teacher logits: %d of %d texts (%.0f s)", len(done), len(missing), now - started)
+                state["logged"] = now
+
+        logits = compute_logits(teacher, data, batch_size, rows=missing, on_progress=progress, initial=previous)
+        self._write(path, fields, logits)
+        partial.unlink(missing_ok=True)
+        seconds = time.time() - started
+        log.info("teacher logits: %d texts in %.0f s -> %s", len(missing), seconds, path)
+        return logits, {"file": str(path), "reused": False, "texts": len(logits), "computed": int(len(missing)),
+                        "seconds": round(seconds, 1)}
