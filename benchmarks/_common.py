@@ -107,7 +107,8 @@ def smoke_data_dir(folder, task: str = "sst2", train: int = 64, test: int = 32) 
     folder.mkdir(parents=True, exist_ok=True)
     if task == "sst2":
         rows = lambda n: "sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in (SST_ROWS * n)[:n])  # noqa: E731
-        files = {"train.tsv": rows(train), "validation.tsv": rows(test), "test.tsv": rows(test)}
+        files = {"train.tsv": rows(train), "validation.tsv": rows(test), "test.tsv": rows(test),
+                 "test1821.tsv": "sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in SST_ROWS[::-1])}
     else:
         header, body = CONLL_TEXT.split("\n\n", 1)
         sentences = [s.strip() + "\n" for s in body.split("\n\n") if s.strip()]

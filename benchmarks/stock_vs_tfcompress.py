@@ -27,6 +27,13 @@ stage's ``train_samples_per_second`` (examples / summed step times); both includ
     python benchmarks/stock_vs_tfcompress.py --max-train-samples 4000
     python benchmarks/stock_vs_tfcompress.py --tasks sst2 --output-dir runs/bench
     python benchmarks/stock_vs_tfcompress.py --smoke --results-dir /tmp/results   # tiny model, ~1 min
+    python benchmarks/stock_vs_tfcompress.py --tasks sst2 --seeds 42,43,44 --test-files test1821.tsv \
+        --output-dir runs/bench-seeds --set student.teacher=runs/teacher/teacher/model ...
+
+With ``--seeds`` both paths run once per seed (``<dir>/<task>/seed<S>``; a seed whose comparison
+finished is read back from its ``stock_vs_tfcompress.json`` rather than run again, so the benchmark
+can be continued across interruptions) and the summary first gives the mean over seeds, on each test
+file and on all together, with a paired interval against stock dynamic (``benchmarks/_multiseed.py``).
 
 The pipeline is resumable: ``--output-dir`` pointing at a folder whose recipe stages already finished
 with the same config (``<dir>/sst2``) reuses them and only the stock path is trained.
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 import time
@@ -45,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+import _multiseed
 from _common import smoke_data_dir, smoke_model_dir, write_results
 from export_variants import convert
 from train_throughput import _FitTimer
@@ -99,6 +108,13 @@ def parse_args(argv=None):
     parser.add_argument("--stock-seq-length", type=int, default=0,
                         help="sequence length of the stock artifacts (default 0: the padded training length, "
                              "64 SST-2 / 128 CoNLL, what a hand-made path ships)")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated seeds, declared before the run: each runs both paths (the recipe with "
+                             "--seed S, the stock fit seeded S); the summary gives every seed and their mean "
+                             "(default: the recipe's seed)")
+    parser.add_argument("--test-files", default="",
+                        help="comma-separated labelled files in the task's data folder that every artifact of both "
+                             "paths is scored on besides the recipe's test file, e.g. test1821.tsv (sequence tasks)")
     parser.add_argument("--output-dir", default=None,
                         help="keep the tfcompress run folders here (<dir>/<task>; default: a temporary folder)")
     parser.add_argument("--smoke", action="store_true",
@@ -107,6 +123,8 @@ def parse_args(argv=None):
     parser.add_argument("--results-dir", default=None, help="where the JSON goes (default: benchmarks/results)")
     args = parser.parse_args(argv)
     args.tasks = [t for t in args.tasks.split(",") if t]
+    args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()] or [None]
+    args.test_files = [name for name in args.test_files.split(",") if name]
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         parser.error(f"--tasks: unknown {unknown}; choose from {','.join(TASKS)}")
@@ -117,7 +135,7 @@ def parse_args(argv=None):
     return args
 
 
-def recipe_config(task: str, args, output_dir, model, data_dir) -> recipe.RecipeConfig:
+def recipe_config(task: str, args, output_dir, model, data_dir, seed: int | None = None) -> recipe.RecipeConfig:
     """The recipe's config exactly as its command line would build it."""
     module = importlib.import_module(f"tfcompress.recipes.{task}")
     parser = argparse.ArgumentParser()
@@ -129,6 +147,7 @@ def recipe_config(task: str, args, output_dir, model, data_dir) -> recipe.Recipe
     argv += ["--epochs", str(args.tfc_epochs)] if args.tfc_epochs is not None else []
     argv += ["--model", model] if model else []
     argv += ["--data-dir", str(data_dir)] if data_dir else []
+    argv += ["--seed", str(seed)] if seed is not None else []
     if args.smoke:  # two artifacts keep it short; --set export.modes=... overrides
         argv += ["--smoke", "--export", "dynamic,int8", "--set", f"data.max_eval_samples={args.max_test_samples}"]
         if "distill" in module.DEFAULTS.stages:  # the tiny model has 2 blocks
@@ -246,15 +265,21 @@ def paired_difference(correct: np.ndarray, base_correct: np.ndarray, resamples: 
             "examples": int(diff.size), "resamples": resamples}
 
 
-def paired_vs_stock(artifacts: dict[str, tuple[Path, object, int]]) -> dict:
-    """Per-example correctness of every artifact (classification; ``artifacts`` from
-    :func:`_artifact_inputs`), each paired with ``stock-dynamic``."""
+def correctness(artifacts: dict[str, tuple[Path, object, int]]) -> dict[str, np.ndarray]:
+    """Per-example correctness (classification) of every artifact on the data it is given."""
     from tfcompress.evaluate.metrics import predict_logits
 
     correct = {}
     for name, (path, test, length) in artifacts.items():
         logits = predict_logits(runtime.TFLiteModel(path, num_threads=2).predict, test, pad_to=length, progress=False)
         correct[name] = np.argmax(np.asarray(logits), axis=-1) == np.asarray(test.labels)
+    return correct
+
+
+def paired_vs_stock(artifacts: dict[str, tuple[Path, object, int]]) -> dict:
+    """Per-example correctness of every artifact (classification; ``artifacts`` from
+    :func:`_artifact_inputs`), each paired with ``stock-dynamic``."""
+    correct = correctness(artifacts)
     if "stock-dynamic" not in correct:
         return {}
     return {name: paired_difference(values, correct["stock-dynamic"])
@@ -347,7 +372,23 @@ def summary(task: str, result: dict) -> list[str]:
     return lines
 
 
-def run_task(task: str, args, folder: Path) -> dict:
+def score_files(config: recipe.RecipeConfig, names: list[str], stock_dir: Path, stock: dict, output_dir: Path,
+                report: dict, source_model: str) -> dict:
+    """Per-example correctness of every artifact of both paths on the recipe's test file and on each of
+    ``names`` (files beside it): artifact row -> file name -> [0/1, ...]."""
+    files = [Path(config.data.test_file)] + [Path(config.data.test_file).parent / name for name in names]
+    out: dict[str, dict[str, list[int]]] = {}
+    for path in files:
+        scored = config.copy()
+        scored.data.test_file = str(path)
+        context, ours = runner.Context(scored), runner.Context(scored)
+        ours.current_model = source_model
+        for name, hits in correctness(_artifact_inputs(context, ours, stock_dir, stock, output_dir, report)).items():
+            out.setdefault(name, {})[path.name] = hits.astype(int).tolist()
+    return out
+
+
+def run_task(task: str, args, folder: Path, seed: int | None = None) -> dict:
     data_dir = None
     if args.smoke and not args.data_root:
         data_dir = smoke_data_dir(folder, task, args.max_train_samples, args.max_test_samples)
@@ -357,7 +398,13 @@ def run_task(task: str, args, folder: Path) -> dict:
     if args.smoke and not model:
         model = smoke_model_dir(folder, TASKS[task], num_labels=2 if task == "sst2" else 9)
     output_dir = Path(args.output_dir) / task if args.output_dir else folder / f"tfcompress-{task}"
-    config = recipe_config(task, args, output_dir, model, data_dir)
+    if seed is not None:
+        output_dir = output_dir / f"seed{seed}"
+        finished = output_dir / "stock_vs_tfcompress.json"  # a seed both paths finished: not run again
+        if args.output_dir and finished.is_file():
+            print(f"{task} seed {seed}: reusing {finished}", flush=True)
+            return json.loads(finished.read_text())
+    config = recipe_config(task, args, output_dir, model, data_dir, seed)
     started = time.time()
     report = runner.run(config)
     options.print_summary(report, output_dir)
@@ -367,7 +414,7 @@ def run_task(task: str, args, folder: Path) -> dict:
         raise SystemExit(f"{task}: --tfc-stages must include export")
     seq_length = int(export_stage["seq_length"])
     stock_seq_length = args.stock_seq_length or config.data.max_length
-    stock_dir = folder / f"stock-{task}"
+    stock_dir = folder / f"stock-{task}-{seed}"
     stock_dir.mkdir()
     started = time.time()
     context = runner.Context(config)  # the starting model's tokenisation: the stock path's
@@ -385,6 +432,14 @@ def run_task(task: str, args, folder: Path) -> dict:
     test_examples = len(context.examples("test"))
     result.update({"seq_length": seq_length, "stock_seq_length": stock_seq_length, "test_examples": test_examples, "stock": stock,
                    "tfcompress": {"seconds": tfc_seconds, "config": config.to_dict(), "report": report.data}})
+    if seed is not None or args.test_files:
+        if TASKS[task] != "sequence":
+            raise SystemExit(f"{task}: --seeds/--test-files summarise per-sentence accuracy (sequence tasks)")
+        result["seed"] = seed
+        result["files"] = score_files(config, args.test_files, stock_dir, stock, output_dir, report.data,
+                                      export_stage["source_model"])
+        if seed is not None and args.output_dir:
+            utils.atomic_write_json(output_dir / "stock_vs_tfcompress.json", result)
     return result
 
 
@@ -393,9 +448,17 @@ def main(argv=None):
     results, lines = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            results[task] = run_task(task, args, Path(tmp))
-            lines += summary(task, results[task])
-            print("\n".join(summary(task, results[task])), flush=True)
+            if args.seeds == [None] and not args.test_files:
+                results[task] = run_task(task, args, Path(tmp))
+                section = summary(task, results[task])
+            else:
+                per_seed = {seed: run_task(task, args, Path(tmp), seed) for seed in args.seeds}
+                results[task] = {"seeds": per_seed, "aggregate": _multiseed.aggregate(per_seed, DOMINATES)}
+                section = _multiseed.summary_lines(task, results[task]["aggregate"], DOMINATES)
+                for seed, result in per_seed.items():
+                    section += summary(f"{task}, seed {seed}", result)
+            lines += section
+            print("\n".join(section), flush=True)
     name = "stock_vs_tfcompress-smoke" if args.smoke else "stock_vs_tfcompress"
     command = "python benchmarks/stock_vs_tfcompress.py " + " ".join(sys.argv[1:] if argv is None else argv)
     path = write_results(name, command.strip(), {"settings": vars(args), "tasks": results}, lines,

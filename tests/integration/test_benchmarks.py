@@ -54,6 +54,49 @@ def test_scaling_smoke_measures_latency_and_throughput_and_fits_exponents(tmp_pa
         assert math.isfinite(fit["b"]) and _positive(fit["a"])
 
 
+def test_multiseed_summary_averages_seeds_and_pairs_sentences_with_stock_dynamic():
+    multiseed = _module("_multiseed")
+
+    def seed_result(stock, ours, released=True):
+        return {"files": {"stock-dynamic": {"a.tsv": stock[:4], "b.tsv": stock[4:]},
+                          "tfcompress dynamic": {"a.tsv": ours[:4], "b.tsv": ours[4:]}},
+                "rows": [{"row": "stock-dynamic", "gzip_bytes": 100.0, "p50_ms_2_threads": 2.0},
+                         {"row": "tfcompress dynamic", "gzip_bytes": 40.0, "p50_ms_2_threads": 1.0,
+                          "released": released}]}
+
+    per_seed = {1: seed_result([1, 1, 0, 0, 1, 0], [1, 1, 1, 0, 1, 0]),
+                2: seed_result([1, 0, 0, 0, 1, 1], [1, 1, 1, 0, 1, 1])}
+    result = multiseed.aggregate(per_seed, {"gzip_ratio": 0.5, "latency_ratio": 0.6})
+    ours = result["artifacts"]["tfcompress dynamic"]
+    assert result["files"] == ["a.tsv", "b.tsv"] and ours["combined"]["examples"] == 6
+    assert ours["per_file"]["a.tsv"]["seeds"] == [0.75, 0.75] and ours["combined"]["seeds"] == [4 / 6, 5 / 6]
+    assert ours["delta_vs_stock_dynamic_pt"] == pytest.approx(100 * (4.5 / 6 - 3 / 6))
+    paired = ours["paired_vs_stock_dynamic"]
+    assert paired["delta_pt"] == pytest.approx(ours["delta_vs_stock_dynamic_pt"])
+    assert paired["ci95_pt"][0] <= paired["delta_pt"] <= paired["ci95_pt"][1]
+    assert ours["gzip_ratio"] == 0.4 and ours["latency_ratio"] == 0.5 and result["dominating"] == ["tfcompress dynamic"]
+    per_seed[2] = seed_result([1, 0, 0, 0, 1, 1], [1, 1, 1, 0, 1, 1], released=False)
+    assert multiseed.aggregate(per_seed, {"gzip_ratio": 0.5, "latency_ratio": 0.6})["dominating"] == []
+    lines = multiseed.summary_lines("sst2", result, {"gzip_ratio": 0.5, "latency_ratio": 0.6})
+    assert any(line.startswith("| tfcompress dynamic | 0.7500 | 0.7500 | 0.7500 (0.6667 .. 0.8333)") for line in lines)
+
+
+def test_stock_vs_tfcompress_smoke_runs_seeds_and_extra_test_files_and_resumes(tmp_path, results_md_untouched):
+    argv = ["--smoke", "--tasks", "sst2", "--seeds", "1,2", "--test-files", "test1821.tsv",
+            "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path)]
+    entry = _run("stock_vs_tfcompress", argv)["tasks"]["sst2"]
+    summary = entry["aggregate"]
+    assert summary["seeds"] == [1, 2] and summary["files"] == ["test.tsv", "test1821.tsv"]
+    stock, ours = summary["artifacts"]["stock-dynamic"], summary["artifacts"]["tfcompress dynamic"]
+    assert stock["combined"]["examples"] == 32 + 12 and len(ours["combined"]["seeds"]) == 2
+    assert "ci95_pt" in ours["paired_vs_stock_dynamic"] and _positive(ours["gzip_ratio"])
+    finished = [tmp_path / "runs" / "sst2" / f"seed{s}" / "stock_vs_tfcompress.json" for s in (1, 2)]
+    stamps = [path.stat().st_mtime_ns for path in finished]
+    again = _run("stock_vs_tfcompress", argv)["tasks"]["sst2"]["aggregate"]  # both seeds read back, not rerun
+    assert [path.stat().st_mtime_ns for path in finished] == stamps
+    assert again["artifacts"]["tfcompress dynamic"]["combined"] == ours["combined"]
+
+
 @pytest.mark.parametrize("task", ["sst2", "conll2003"])
 def test_stock_vs_tfcompress_smoke_compares_both_paths(task, tmp_path, results_md_untouched):
     result = _run("stock_vs_tfcompress", ["--smoke", "--tasks", task, "--results-dir", str(tmp_path)])
