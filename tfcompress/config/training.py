@@ -303,6 +303,9 @@ class DistillConfig:
             Needs ``alpha < 1`` (they carry no hard label).
         augment_mask_prob (float): per-word masking probability of the augmentation.
         augment_ngram_prob (float): probability an augmented text keeps only an n-gram of <= 5 words.
+        augment_seed (int | None): seed of the augmentation; None = the stage's training seed. Fix it
+            to compare student seeds on the same augmented texts (a teacher of another tokenizer then
+            computes their logits once: the cache is keyed by the texts).
         teacher_cache_dir (str): where a teacher of another tokenizer keeps its per-text logits
             (:mod:`tfcompress.compress.teacher_logits`); "" = ``$TFCOMPRESS_CACHE/teacher-logits``
             (default ``~/.cache/tfcompress/teacher-logits``), shared by every run on the machine.
@@ -320,6 +323,7 @@ class DistillConfig:
     augment_copies: int = 0
     augment_mask_prob: float = 0.1
     augment_ngram_prob: float = 0.25
+    augment_seed: int | None = None
     teacher_cache_dir: str = ""
 
     def __post_init__(self):
@@ -355,6 +359,8 @@ class DistillConfig:
         if self.augment_copies and self.alpha >= 1.0:
             bad("augment_copies", "needs alpha < 1: augmented texts have no hard label, only the teacher's "
                 "(for a labels-only student set augment_copies to 0: --augment-copies 0)")
+        if self.augment_seed is not None and (isinstance(self.augment_seed, bool) or not isinstance(self.augment_seed, int)):
+            bad("augment_seed", "must be an integer or None (None: the training seed)")
         for name in ("augment_mask_prob", "augment_ngram_prob"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:

@@ -30,10 +30,15 @@ def _augmented_texts(context: "Context") -> list:
     examples = context.examples("train")
     texts = augment.augment_texts(examples.texts, config.augment_copies, tokenizer.mask_token,
                                   mask_prob=config.augment_mask_prob, ngram_prob=config.augment_ngram_prob,
-                                  seed=context.config.distill_train.seed)
+                                  seed=_augment_seed(context))
     log.info("distill: %d augmented texts (%d copies asked per %d training texts), soft labels only",
              len(texts), config.augment_copies, len(examples))
     return texts
+
+
+def _augment_seed(context: "Context") -> int:
+    seed = context.config.distill.augment_seed
+    return context.config.distill_train.seed if seed is None else seed
 
 
 def _unlabelled(context: "Context", texts: list, source: str):
@@ -105,7 +110,7 @@ def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augm
     texts = list(context.examples("train").texts) + [text.replace(student_mask, teacher_mask) for text in augmented]
     augmentation = {} if not augmented else {
         "copies": config.distill.augment_copies, "mask_prob": config.distill.augment_mask_prob,
-        "ngram_prob": config.distill.augment_ngram_prob, "seed": config.distill_train.seed}
+        "ngram_prob": config.distill.augment_ngram_prob, "seed": _augment_seed(context)}
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config), texts,
                                          config.data.max_length, augmentation)
     directory = Path(config.distill.teacher_cache_dir or packaged.cache_root() / "teacher-logits")
