@@ -192,3 +192,61 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def app_tokenize(text, vocab, settings):
+    """BERT WordPiece as an app would write it from ``tokenizer.json`` alone: each step as its rule
+    says, with the CJK and ASCII-punctuation ranges read from the file."""
+    import unicodedata
+
+    def in_ranges(char, ranges):
+        return any(low <= ord(char) <= high for low, high in ranges)
+
+    if settings["clean_text"]:
+        kept = []
+        for char in text:
+            if ord(char) in (0, 0xFFFD) or (unicodedata.category(char) in ("Cc", "Cf") and char not in "\t\n\r"):
+                continue
+            kept.append(" " if char in "\t\n\r" or unicodedata.category(char) == "Zs" else char)
+        text = "".join(kept)
+    if settings["chinese_chars"]:
+        text = "".join(f" {c} " if in_ranges(c, settings["cjk_ranges"]) else c for c in text)
+    if settings["strip_accents"]:
+        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    if settings["lowercase"]:
+        text = text.lower()
+    words = []
+    for chunk in text.split():
+        word = ""
+        for char in chunk:
+            if in_ranges(char, settings["ascii_punctuation_ranges"]) or unicodedata.category(char).startswith("P"):
+                words += [word, char] if word else [char]
+                word = ""
+            else:
+                word += char
+        if word:
+            words.append(word)
+    special = settings["special_tokens"]
+    ids = [special["cls_token"]["id"]]
+    for word in words:
+        start, pieces = 0, []
+        if len(word) > settings["max_input_chars_per_word"]:
+            pieces, start = [special["unk_token"]["id"]], len(word)
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else settings["continuing_subword_prefix"] + word[start:end]
+                if piece in vocab:
+                    pieces.append(vocab[piece])
+                    break
+                end -= 1
+            if end == start:
+                pieces = [special["unk_token"]["id"]]
+                break
+            start = end
+        ids += pieces
+    length = settings["max_length"]
+    ids = ids[: length - 1] + [special["sep_token"]["id"]]
+    mask = [1] * len(ids) + [0] * (length - len(ids))
+    ids = ids + [special["pad_token"]["id"]] * (length - len(ids))
+    return ids, mask

@@ -56,3 +56,20 @@ def test_the_readme_main_command_releases_an_artifact_of_at_least_0_87(tmp_path,
     released = next(s for s in report["stages"] if s["name"] == "release")["released"]
     scores = {a["name"]: a["metrics"]["accuracy"] for a in report["artifacts"] if a["name"] in released}
     assert scores and max(scores.values()) >= 0.87, scores
+
+
+def test_tokenizer_json_rules_give_the_real_tokenizers_ids_on_every_sst2_sentence(shared_data):
+    """The packaged MiniLM's tokenizer.json, applied as an app would, on both SST-2 test files and the
+    validation file (backticks, `$5`, CJK, accents): the same ids as Hugging Face's tokenizer."""
+    from conftest import app_tokenize
+
+    from tfcompress import release
+
+    tokenizer = loading.load_tokenizer()
+    settings = release.tokenizer_settings(tokenizer, 64)
+    vocab = tokenizer.get_vocab()
+    for name in ("test.tsv", "test1821.tsv", "validation.tsv"):
+        texts = readers.read_text_classification(shared_data / "sst2" / name).texts
+        expected = tokenizer(list(texts), padding="max_length", truncation=True, max_length=64)["input_ids"]
+        differ = [t for t, ids in zip(texts, expected) if app_tokenize(t, vocab, settings)[0] != ids]
+        assert not differ, f"{name}: {len(differ)} sentences differ, e.g. {differ[:3]}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import SST_ROWS, build_tiny_model
+from conftest import SST_ROWS, app_tokenize, build_tiny_model
 from tfcompress._compat import tf
 from tfcompress import release
 from tfcompress.config import constants
@@ -363,48 +363,20 @@ def test_parity_gate_blocks_regressed_artifact(tmp_path, tiny_tokenizer):
 # Release bundle
 
 
-def _app_tokenize(text, vocab, settings):
-    """A minimal BERT WordPiece, as an app would write it: lower-case, split on spaces and
-    punctuation, greedy longest-match-first with the ``##`` prefix, [CLS] ... [SEP], pad."""
-    import unicodedata
+# Text an app meets that a "split on whitespace and punctuation" recipe gets wrong: symbols BERT counts
+# as punctuation (` $ ^ + < = > | ~), CJK ideographs, accents, control and zero-width characters.
+HOSTILE_SENTENCES = ["`` a good movie ''", "it was $5 !", "loved it+fun=great|~^", "a東京film", "naïve Café",
+                     "a\u200bgood\x07movie", "tab\tand\u00a0nbsp", "the film 's " + "a" * 120, "<great>"]
 
-    if settings["lowercase"]:
-        text = text.lower()
-    if settings["strip_accents"]:
-        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-    words = []
-    for chunk in text.split():
-        word = ""
-        for char in chunk:
-            if unicodedata.category(char).startswith("P"):
-                words += [word, char] if word else [char]
-                word = ""
-            else:
-                word += char
-        if word:
-            words.append(word)
-    special = settings["special_tokens"]
-    ids = [special["cls_token"]["id"]]
-    for word in words:
-        start, pieces = 0, []
-        while start < len(word):
-            end = len(word)
-            while end > start:
-                piece = word[start:end] if start == 0 else settings["continuing_subword_prefix"] + word[start:end]
-                if piece in vocab:
-                    pieces.append(vocab[piece])
-                    break
-                end -= 1
-            if end == start:
-                pieces = [special["unk_token"]["id"]]
-                break
-            start = end
-        ids += pieces
-    length = settings["max_length"]
-    ids = ids[: length - 1] + [special["sep_token"]["id"]]
-    mask = [1] * len(ids) + [0] * (length - len(ids))
-    ids = ids + [special["pad_token"]["id"]] * (length - len(ids))
-    return ids, mask
+
+def test_app_tokenizer_follows_tokenizer_json_on_hostile_text(tiny_tokenizer):
+    """The rules written in tokenizer.json, applied literally, give the Hugging Face tokenizer's ids."""
+    settings = release.tokenizer_settings(tiny_tokenizer, 24)
+    vocab = tiny_tokenizer.get_vocab()
+    expected = tiny_tokenizer(HOSTILE_SENTENCES, padding="max_length", truncation=True, max_length=24)["input_ids"]
+    assert [app_tokenize(s, vocab, settings)[0] for s in HOSTILE_SENTENCES] == expected
+    naive = dict(settings, ascii_punctuation_ranges=[], cjk_ranges=[])  # the old recipe: Unicode P* only
+    assert [app_tokenize(s, vocab, naive)[0] for s in HOSTILE_SENTENCES] != expected
 
 
 def test_release_bundle_runs_like_an_app(tmp_path, tiny_tokenizer):
@@ -429,10 +401,10 @@ def test_release_bundle_runs_like_an_app(tmp_path, tiny_tokenizer):
     labels = (bundle / "labels.txt").read_text().splitlines()
     runner = Interpreter(model_path=str(bundle / "model.tflite")).get_signature_runner(manifest["signature"])
     output = manifest["outputs"]["logits"]
-    sentences = [text for text, _ in SST_ROWS] + ["John visited Berlin!", "Loved it, wonderful."]
+    sentences = [text for text, _ in SST_ROWS] + ["John visited Berlin!", "Loved it, wonderful."] + HOSTILE_SENTENCES
     app_labels = []
     for sentence in sentences:
-        ids, mask = _app_tokenize(sentence, vocab, settings)
+        ids, mask = app_tokenize(sentence, vocab, settings)
         inputs = {"input_ids": np.array([ids], np.int32), "attention_mask": np.array([mask], np.int32)}
         if "token_type_ids" in manifest["inputs"]:
             inputs["token_type_ids"] = np.zeros((1, len(ids)), np.int32)
@@ -441,9 +413,9 @@ def test_release_bundle_runs_like_an_app(tmp_path, tiny_tokenizer):
         app_labels.append(labels[int(logits.argmax())])
 
     # The Keras model's labels, tokenised by the real tokenizer.
-    encoded = tiny_tokenizer(sentences, padding="max_length", max_length=SEQ_LENGTH, return_tensors="np")
+    encoded = tiny_tokenizer(sentences, padding="max_length", truncation=True, max_length=SEQ_LENGTH, return_tensors="np")
     assert encoded["input_ids"].tolist() == [
-        _app_tokenize(s, vocab, settings)[0] for s in sentences], "app tokenizer differs from HF's"
+        app_tokenize(s, vocab, settings)[0] for s in sentences], "app tokenizer differs from HF's"
     keras_logits = model({k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
                          training=False).logits.numpy()
     keras_labels = [labels[i] for i in keras_logits.argmax(-1)]
