@@ -647,3 +647,25 @@ def test_reference_finetune_without_a_finetune_stage_is_refused(reference_run, t
                   "--set", "evaluate.reference=finetune"])
     assert exit_info.value.code == 2
     assert "reference='finetune' needs a finetune stage" in capsys.readouterr().err
+
+
+def test_agreement_is_measured_on_the_larger_eval_split(tiny_run, tmp_path, monkeypatch):
+    """Agreement needs no labels: with an eval file larger than the test file it is measured there (and
+    kept on the test split as agreement_test); the gate uses the larger one."""
+    command, out = tiny_run
+    names = {0: "negative", 1: "positive"}
+    larger = tmp_path / "eval.csv"
+    larger.write_text("text,label\n" + "".join(f"{s},{names[l]}\n" for s, l in SST_ROWS * 3))
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\n" + "".join(f"{s},{names[l]}\n" for s, l in SST_ROWS[:8]))
+    _in_process(command + ["--eval-file", str(larger), "--test-file", str(test), "--stages", "finetune,export,evaluate",
+                           "--export", "fp32,int8"], monkeypatch)
+    artifacts = json.loads((out / "report.json").read_text())["artifacts"]
+    assert {a["name"] for a in artifacts} == {"fp32", "int8"}
+    for record in artifacts:
+        assert record["agreement_split"] == "eval" and record["agreement_examples"] == 3 * len(SST_ROWS)
+        assert 0.0 <= record["agreement_test"] <= 1.0 and record["metrics"]["accuracy"] is not None
+    _in_process(command + ["--eval-file", str(larger), "--test-file", str(test), "--stages", "finetune,export,evaluate",
+                           "--export", "fp32,int8", "--set", "evaluate.agreement_split=test"], monkeypatch)
+    artifacts = json.loads((out / "report.json").read_text())["artifacts"]
+    assert all(a["agreement_split"] == "test" and a["agreement_examples"] == 8 for a in artifacts)

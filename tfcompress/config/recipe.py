@@ -191,12 +191,16 @@ class EvaluateStageConfig:
             model's (per example; per scored token for token tasks) must reach this. None: 0.98 for
             sequence tasks, 0.99 for token tasks. A metric can hold while predictions churn; the
             agreement cannot.
+        agreement_split: where agreement and logit error are measured: ``"larger"`` (default) = the
+            eval split when it has more examples than the test split (agreement needs no labels: SST-2's
+            validation file, 6,735 sentences against 872), else the test split; ``"test"`` or ``"eval"``.
         latency_runs / latency_warmup: timed and untimed batch-1 invocations per thread count.
         batch_size: evaluation batch size.
     """
 
     accuracy_budget: float = 1.0
     min_agreement: float | None = None
+    agreement_split: str = "larger"
     reference: str = "source"
     latency_runs: int = 100
     latency_warmup: int = 10
@@ -213,6 +217,8 @@ class EvaluateStageConfig:
             raise ConfigError(f"evaluate.accuracy_budget={self.accuracy_budget!r}: must be >= 0 points")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise ConfigError(f"evaluate.min_agreement={self.min_agreement!r}: must be in [0, 1] (None: by task)")
+        if self.agreement_split not in ("larger", "test", "eval"):
+            raise ConfigError(f"evaluate.agreement_split={self.agreement_split!r}: must be 'larger', 'test' or 'eval'")
         if self.reference not in ("source", "finetune"):
             raise ConfigError(f"evaluate.reference={self.reference!r}: must be 'source' or 'finetune'")
         for name in ("latency_runs", "batch_size"):

@@ -51,7 +51,8 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
                     quantization: str, seq_length: int, task: str = "sequence",
                     sparsity: float = 0.0, accuracy_budget: float = 1.0,
                     latency_runs: int = 100, latency_warmup: int = 10, output_dir=None,
-                    batch_size: int = 32, min_agreement: float = 0.0) -> dict:
+                    batch_size: int = 32, min_agreement: float = 0.0, agreement_data=None,
+                    agreement_keras_logits=None, agreement_split: str = "test") -> dict:
     """Evaluate one artifact on ``data`` and build its ``report.json`` record.
 
     Args:
@@ -68,6 +69,11 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
         latency_runs / latency_warmup: timing settings.
         output_dir: paths in the record are made relative to it when given.
         batch_size: evaluation batch size (the artifact still runs each row at batch 1).
+        min_agreement: the gate's agreement floor.
+        agreement_data / agreement_keras_logits / agreement_split: a larger unlabelled-use split (and
+            the Keras logits on it) to measure agreement and logit error on instead of ``data``
+            (agreement needs no labels; SST-2's validation file has 6,735 sentences, its test file
+            872); ``agreement_test`` keeps the value on ``data``.
 
     Returns:
         The record: name, path, format, quantization, seq_length, sparsity,
@@ -80,6 +86,11 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
                             progress=False)
     metrics = compute_metrics(task, logits, data.labels, data.label_names)
     metric_name = primary_metric(task)
+    on_split = (logits, keras_logits, data.labels)
+    if agreement_data is not None:
+        split_logits = predict_logits(artifact.predict, agreement_data, batch_size=batch_size, pad_to=seq_length,
+                                      progress=False)
+        on_split = (split_logits, agreement_keras_logits, agreement_data.labels)
     example = data.padded_batch(np.arange(1), pad_to=seq_length)[0]
     latency = {}
     for threads in (1, 2):
@@ -101,8 +112,11 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
         "sparsity": float(sparsity),
         **sizes(path),
         "metrics": metrics,
-        "agreement": (agreed := agreement(logits, keras_logits, data.labels, task)),
-        "logit_error": logit_error(logits, keras_logits, data.labels, task),
+        "agreement": (agreed := agreement(*on_split, task)),
+        "agreement_split": agreement_split if agreement_data is not None else "test",
+        "agreement_examples": len(on_split[2]),
+        "agreement_test": agreement(logits, keras_logits, data.labels, task),
+        "logit_error": logit_error(*on_split, task),
         "latency_ms": latency,
         "float_ops": float_ops(path),
         "xnnpack_partitions": artifact.xnnpack_partitions(),

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import time
 
-from tfcompress.evaluate import gate
+from tfcompress.evaluate import gate, metrics
 from tfcompress.pipeline.runner import Context, stage
-from tfcompress.pipeline.stages.common import test_logits_and_metrics
+from tfcompress.pipeline.stages.common import keras_predict_fn, test_logits_and_metrics
 from tfcompress.utils import get_logger
 from tfcompress.errors import ConfigError
 
 log = get_logger("pipeline")
+
+
+def _agreement_split(context: Context) -> str:
+    """``"eval"`` or ``"test"``: where agreement is measured (``evaluate.agreement_split``)."""
+    choice = context.config.evaluate.agreement_split
+    if choice == "larger":
+        return "eval" if len(context.examples("eval")) > len(context.examples("test")) else "test"
+    return choice
+
+
 @stage("evaluate")
 def evaluate_stage(context: Context) -> dict:
     """Run every exported artifact with ai_edge_litert on the test split and gate it.
@@ -53,6 +63,17 @@ def evaluate_stage(context: Context) -> dict:
             keras_model = keras_model or context.load_model(source)
             by_length[seq_length] = test_logits_and_metrics(context, keras_model, seq_length)
         keras_logits, keras_metrics = by_length[seq_length]
+        split = _agreement_split(context)
+        agreement_inputs = {}
+        if split == "eval":
+            key = ("eval", seq_length)
+            if key not in by_length:
+                keras_model = keras_model or context.load_model(source)
+                eval_data = context.encoded("eval", seq_length)
+                by_length[key] = (eval_data, metrics.predict_logits(keras_predict_fn(keras_model), eval_data,
+                                                                    batch_size=cfg.batch_size, progress=False))
+            agreement_inputs = {"agreement_data": by_length[key][0], "agreement_keras_logits": by_length[key][1],
+                                "agreement_split": "eval"}
         reference = dict(keras_metrics)
         if cfg.reference == "finetune":
             reference[primary] = finetune_metric
@@ -62,7 +83,7 @@ def evaluate_stage(context: Context) -> dict:
             sparsity=artifact.get("sparsity", 0.0), accuracy_budget=cfg.accuracy_budget,
             min_agreement=cfg.agreement_floor(config.task),
             latency_runs=cfg.latency_runs, latency_warmup=cfg.latency_warmup, output_dir=context.output_dir,
-            batch_size=cfg.batch_size)
+            batch_size=cfg.batch_size, **agreement_inputs)
         value = record["metrics"].get(primary)
         record.update({
             "keras_metric": float(keras_metrics[primary]), "reference": cfg.reference,
@@ -72,8 +93,9 @@ def evaluate_stage(context: Context) -> dict:
         report.add_artifact(record)
         report.save()
         records.append(record)
-        log.info("evaluate %s: %s=%.4f (Keras %.4f, agreement %.4f), %.2f MB, p50 %.2f ms (2 threads), %s",
-                 record["name"], primary, value, keras_metrics[primary], record["agreement"],
+        log.info("evaluate %s: %s=%.4f (Keras %.4f, agreement %.4f on %d %s examples), %.2f MB, p50 %.2f ms "
+                 "(2 threads), %s", record["name"], primary, value, keras_metrics[primary], record["agreement"],
+                 record["agreement_examples"], record["agreement_split"],
                  record["size_bytes"] / 1e6, record["latency_ms"]["threads2"]["p50"],
                  "passed" if record["passed"] else "FAILED the parity gate")
     stock = [a for a in report.data["artifacts"] if a.get("stock")]
