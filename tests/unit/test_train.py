@@ -182,10 +182,24 @@ def test_a_resumed_run_drops_metrics_rows_the_killed_attempt_logged_past_its_che
         tracker.scalars(step, {"loss": 1.0 / step}, prefix="train")
     with open(tracker.jsonl_path, "a") as handle:
         handle.write('{"step": 11, "trai')  # the kill cut the last line
-    assert tracker.truncate_after(6) == 5
+    tracker.close()
+    resumed = Tracker(tmp_path, "finetune")  # the rerun: a new writer, a new event file
+    assert resumed.truncate_after(6) == 5
     steps = [json.loads(line)["step"] for line in tracker.jsonl_path.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert tracker.truncate_after(6) == 0
+    for step in range(7, 9):
+        resumed.scalars(step, {"loss": 0.5}, prefix="train")
+    resumed.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tfcompress._compat import tf
+
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard" / "finetune"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    events = accumulator.Tensors("train/loss")
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6, 7, 8]  # the dead attempt's 7..10 are gone, once each
+    assert float(tf.make_ndarray(events[-1].tensor_proto)) == 0.5
+    assert Tracker(tmp_path, "finetune").truncate_after(8) == 0
 
 
 def test_fit_removes_a_checkpoint_a_kill_left_half_written(tmp_path, sst_encoded):

@@ -32,11 +32,16 @@ class Tracker:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.output_dir / stage / "metrics.jsonl"
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        self._earlier_event_files = sorted(self.logdir.glob("events.out.tfevents.*"))  # not this writer's
         self.writer = tf.summary.create_file_writer(str(self.logdir))
 
     def truncate_after(self, step: int) -> int:
-        """Drop the ``metrics.jsonl`` rows of steps after ``step`` (what a killed attempt logged past the
-        checkpoint a resumed run starts from); returns how many rows were dropped."""
+        """Drop what a killed attempt logged past the checkpoint a resumed run starts from: the
+        ``metrics.jsonl`` rows and the TensorBoard events of steps after ``step`` (earlier attempts'
+        event files are rewritten without them, atomically), so the resumed curve does not run twice
+        over the same steps. Returns how many ``metrics.jsonl`` rows were dropped."""
+        for path in self._earlier_event_files:
+            _drop_events_after(path, step)
         if not self.jsonl_path.is_file():
             return 0
         rows = self.jsonl_path.read_text().splitlines()
@@ -90,6 +95,29 @@ class Tracker:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _drop_events_after(path: Path, step: int) -> int:
+    """Rewrite the event file ``path`` without the summaries of steps after ``step`` (and without a
+    last record a kill cut short); returns how many events were dropped."""
+    kept, dropped = [], 0
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            data = record.numpy()
+            event = tf.compat.v1.Event.FromString(data)
+            if event.step > step and event.HasField("summary"):
+                dropped += 1
+            else:
+                kept.append(data)
+    except tf.errors.DataLossError:  # a half-written last record
+        dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for data in kept:
+                writer.write(data)
+        tmp.replace(path)
+    return dropped
 
 
 def read_scalar_tags(logdir) -> set[str]:
