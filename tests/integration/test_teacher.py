@@ -175,3 +175,24 @@ def test_the_teacher_stage_resumes_after_a_kill_and_teaches_the_student(student_
     distill = _stage(out, "distill")
     assert distill["teacher"] == str(out / "teacher" / "model")
     assert distill["input_model"] == str(folder / "student") and distill["same_tokenizer"] is False
+
+
+def test_mpnet_goes_through_prune_export_and_evaluate(student_run, tiny_mpnet_dir, monkeypatch):
+    """MPNet's relative position bias and its own head are new surface for TFMOT and the converter."""
+    command, folder = student_run
+    out = folder / "mpnet-chain"
+    command = [c if c != str(folder / "student") else str(tiny_mpnet_dir) for c in command]
+    _in_process(command + ["--output-dir", str(out), "--pooling", "cls", "--stages",
+                           "finetune,prune,export,evaluate,release", "--export", "fp32,dynamic,int8"], monkeypatch)
+    report = json.loads((out / "report.json").read_text())
+    prune = _stage(out, "prune")
+    assert prune["sparsity"] > 0.2  # the share of all weight matrices; the pruned Dense layers reach 0.5
+    artifacts = {a["name"]: a for a in report["artifacts"]}
+    assert set(artifacts) == {"fp32", "dynamic", "int8"}
+    assert artifacts["fp32"]["agreement"] == 1.0 and artifacts["fp32"]["logit_error"]["max"] < 1e-3
+    # the tiny random model's logits differ by ~1e-4 between classes, so agreement flips on rounding;
+    # the logits themselves are what must survive quantization
+    assert all(a["logit_error"]["max"] < 0.01 for a in artifacts.values())
+    assert (out / "release" / "fp32" / "model.tflite").is_file()
+    saved = json.loads((out / "prune" / "model" / "config.json").read_text())
+    assert saved["model_type"] == "mpnet"
