@@ -79,7 +79,7 @@ def tokenizer_settings(tokenizer, seq_length: int) -> dict:
 
 def release_bundle(artifact_path, release_dir, tokenizer, label_names: Sequence[str], record: dict | None = None,
                    allow_regression: bool = False, metadata: str = "auto", check_texts: Sequence[str] = (),
-                   model_info: dict | None = None) -> Path:
+                   check_labels: Sequence[int] | None = None, model_info: dict | None = None) -> Path:
     """Write ``release_dir`` (e.g. ``OUTPUT/release/int8``) for a mobile app, atomically.
 
     Contents: ``model.tflite`` (for a sequence classifier MediaPipe can run, with TFLite metadata:
@@ -99,6 +99,7 @@ def release_bundle(artifact_path, release_dir, tokenizer, label_names: Sequence[
             else the manifest says why not; ``"required"``: an error instead; ``"off"``: none.
         check_texts: texts MediaPipe's TextClassifier classifies from the released file, compared with
             LiteRT on the same file (recorded in ``manifest["clients"]["mediapipe"]``).
+        check_labels: their class ids, for the accuracy of both on them (optional).
         model_info: ``name``, ``description``, ``version`` for the metadata (defaults from ``record``).
 
     Raises:
@@ -149,14 +150,14 @@ def release_bundle(artifact_path, release_dir, tokenizer, label_names: Sequence[
         atomic_write_text(Path(tmp) / "labels.txt", "\n".join(label_names) + "\n")
         atomic_write_json(Path(tmp) / "tokenizer.json", settings)
         manifest["tflite_metadata"] = _add_metadata(artifact, artifact_path, Path(tmp), tokenizer, label_names,
-                                                    metadata, check_texts, model_info, record, manifest)
+                                                    metadata, (check_texts, check_labels), model_info, record, manifest)
         manifest.update(sizes(model_path))  # what the app downloads: the file with its metadata
         atomic_write_json(Path(tmp) / "manifest.json", manifest)
     log.info("release bundle %s", release_dir)
     return Path(release_dir)
 
 
-def _add_metadata(artifact, artifact_path, folder: Path, tokenizer, label_names, mode: str, check_texts,
+def _add_metadata(artifact, artifact_path, folder: Path, tokenizer, label_names, mode: str, check: tuple,
                   model_info: dict | None, record: dict | None, manifest: dict) -> dict:
     """Pack MediaPipe metadata into ``folder/model.tflite`` when ``mode`` and the artifact allow; re-verify
     the file; return the manifest's ``tflite_metadata`` record (``written`` and what, or ``reason``)."""
@@ -184,8 +185,9 @@ def _add_metadata(artifact, artifact_path, folder: Path, tokenizer, label_names,
     rows = tflite_metadata.check_same_outputs(artifact_path, model_path, len(tokenizer.get_vocab()))
     manifest["clients"]["litert"]["how"] += (f"; the released file (with metadata) gave the same logits, bit for "
                                              f"bit, on {rows} token rows")
-    if check_texts:
-        manifest["clients"]["mediapipe"] = tflite_metadata.check_with_mediapipe(model_path, check_texts, tokenizer)
+    texts, labels = check
+    if texts:
+        manifest["clients"]["mediapipe"] = tflite_metadata.check_with_mediapipe(model_path, texts, tokenizer, labels)
     mp = tflite_metadata.load_mediapipe()
     return {"written": True, "reader": "MediaPipe Tasks TextClassifier (Android, iOS, web, Python)",
             "writer": f"mediapipe {mp.version} metadata_writers.text_classifier.MetadataWriter.create_for_bert_model "

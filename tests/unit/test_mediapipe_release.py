@@ -116,12 +116,14 @@ def test_mediapipe_text_classifier_agrees_with_litert_on_the_released_file(mode,
         tflite.to_tflite(balanced_model, "int8", seq_length=SEQ_LENGTH, representative=_rows(_features(16)),
                          denylisted_ops=constants.DEFAULT_INT8_FLOAT_OPS, output_path=artifact)
     bundle = release.release_bundle(artifact, tmp_path / "release" / mode, tiny_tokenizer, LABELS,
-                                    record={"name": mode, "passed": True}, check_texts=SENTENCES)
+                                    record={"name": mode, "passed": True}, check_texts=SENTENCES,
+                                    check_labels=[label for _, label in SST_ROWS] + [1, 1, 1, 0, 1, 1])
     model_path = bundle / "model.tflite"
     with text_classifier.TextClassifier.create_from_model_path(str(model_path)) as classifier:
         results = [classifier.classify(text).classifications[0].categories for text in SENTENCES]
     assert all(sorted(c.category_name for c in categories) == LABELS for categories in results)
-    top = [max(categories, key=lambda c: c.score).category_name for categories in results]
+    assert all(categories[0].score == max(c.score for c in categories) for categories in results)  # best first
+    top = [categories[0].category_name for categories in results]
     scores = np.array([[c.score for c in sorted(categories, key=lambda c: c.index)] for categories in results])
     logits = _litert_logits(model_path, tiny_tokenizer, SENTENCES)
     assert top == [LABELS[i] for i in logits.argmax(-1)]
@@ -132,6 +134,7 @@ def test_mediapipe_text_classifier_agrees_with_litert_on_the_released_file(mode,
     recorded = json.loads((bundle / "manifest.json").read_text())["clients"]["mediapipe"]
     assert recorded["sentences"] == len(SENTENCES) and recorded["agreement"] == 1.0
     assert recorded["equal_scores"] == len(SENTENCES)
+    assert recorded["accuracy"] == recorded["accuracy_litert"]  # same labels: same accuracy
 
 
 def _artifact(case, path):
@@ -172,8 +175,7 @@ def test_missing_mediapipe_names_the_install_command(tmp_path, fp32_artifact, ti
     assert json.loads((off / "manifest.json").read_text())["tflite_metadata"]["written"] is False
 
 
-def test_label_names_rename_integer_labels_and_are_checked_before_training(tmp_path, tiny_tokenizer, capsys,
-                                                                           monkeypatch):
+def test_label_names_and_required_metadata_are_checked_before_training(tmp_path, tiny_tokenizer, capsys, monkeypatch):
     from tfcompress.cli import commands as cli
     from tfcompress.models.loading import save_model
     from tfcompress.recipes import sst2
@@ -183,12 +185,17 @@ def test_label_names_rename_integer_labels_and_are_checked_before_training(tmp_p
     integer = "text,label\n" + "".join(f"{s},{label}\n" for s, label in SST_ROWS)
     named = "text,label\n" + "".join(f"{s},{'pos' if label else 'neg'}\n" for s, label in SST_ROWS)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    for train, names, expected in ((integer, "bad,good,neutral", "has labels ['0', '1']"),
-                                   (named, "bad,good", "has labels ['neg', 'pos']")):
+    cases = [(integer, ["--label-names", "bad,good,neutral"], ["release.label_names", "has labels ['0', '1']"]),
+             (named, ["--label-names", "bad,good"], ["release.label_names", "has labels ['neg', 'pos']"]),
+             (integer, ["--set", "release.tflite_metadata=required"], ["tflite_metadata='required'",
+                                                                        "requirements-mediapipe.txt"])]
+    for train, options, expected in cases:
         (tmp_path / "train.csv").write_text(train)
+        if "--set" in options:
+            monkeypatch.setitem(sys.modules, "mediapipe", None)  # as if not installed
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["run", "custom_csv", "--smoke", "--model", str(tmp_path / "model"), "--train-file",
-                      str(tmp_path / "train.csv"), "--output-dir", str(tmp_path / "out"), "--label-names", names])
+                      str(tmp_path / "train.csv"), "--output-dir", str(tmp_path / "out"), *options])
         line = capsys.readouterr().err.strip().splitlines()[-1]
-        assert exit_info.value.code == 2 and "release.label_names" in line and expected in line, line
+        assert exit_info.value.code == 2 and all(part in line for part in expected), line
         assert not (tmp_path / "out" / "finetune").exists()

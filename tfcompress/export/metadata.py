@@ -235,8 +235,11 @@ def mediapipe_scores(model_path, texts: Sequence[str]) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def check_with_mediapipe(model_path, texts: Sequence[str], tokenizer) -> dict:
+def check_with_mediapipe(model_path, texts: Sequence[str], tokenizer, labels: Sequence[int] | None = None) -> dict:
     """MediaPipe's TextClassifier on the raw texts vs LiteRT on the Hugging Face tokenizer's ids, same file.
+
+    Args:
+        labels: the texts' class ids; adds ``accuracy`` (MediaPipe's) and ``accuracy_litert``.
 
     Returns:
         ``client``, ``how``, ``sentences``, ``agreement`` (share of equal top classes),
@@ -260,4 +263,7 @@ def check_with_mediapipe(model_path, texts: Sequence[str], tokenizer) -> dict:
         "disagreements": [text for text, same in zip(texts, equal) if not same][:5],
         "equal_scores": int((gaps < 1e-4).sum()),
         "max_score_difference": round(float(gaps.max()), 6) if len(texts) else None,
+        **({"accuracy": round(float((scores.argmax(-1) == np.asarray(labels)).mean()), 6),
+            "accuracy_litert": round(float((litert.argmax(-1) == np.asarray(labels)).mean()), 6)}
+           if labels is not None and len(texts) else {}),
     }

@@ -27,9 +27,11 @@ def release_stage(context: Context) -> dict:
         raise ConfigError("release: report.json has no evaluated artifacts; run export and evaluate first")
     released, blocked, metadata = [], {}, {}
     labels = list(cfg.label_names) or context.label_names
-    check_texts = []  # what MediaPipe's TextClassifier classifies from each released file, against LiteRT
+    check_texts, check_labels = [], None  # what MediaPipe's TextClassifier classifies from each released file
     if config.task == "sequence" and cfg.tflite_metadata != "off":
-        check_texts = list(context.examples("test").texts[:CLIENT_CHECK_SENTENCES])
+        test = context.examples("test")
+        check_texts = list(test.texts[:CLIENT_CHECK_SENTENCES])
+        check_labels = list(test.labels[:CLIENT_CHECK_SENTENCES])
     for record in candidates:
         name = record["name"]
         if cfg.artifacts and name not in cfg.artifacts:
@@ -50,9 +52,14 @@ def release_stage(context: Context) -> dict:
                       "version": f"tfcompress {__version__}, release config {context.digest}"}
         bundle = release.release_bundle(context.output_dir / record["path"], stage_dir / name, context.tokenizer(),
                                         labels, record=record, allow_regression=cfg.allow_regression,
-                                        metadata=cfg.tflite_metadata, check_texts=check_texts, model_info=model_info)
-        written = json.loads((bundle / "manifest.json").read_text())["tflite_metadata"]
-        metadata[name] = "written" if written["written"] else f"not written: {written['reason']}"
+                                        metadata=cfg.tflite_metadata, check_texts=check_texts,
+                                        check_labels=check_labels, model_info=model_info)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        written, client = manifest["tflite_metadata"], manifest["clients"].get("mediapipe", {})
+        metadata[name] = "not written: " + written["reason"] if not written["written"] else "written" + (
+            f"; MediaPipe TextClassifier: agreement with LiteRT {client['agreement']:.4f}, accuracy "
+            f"{client['accuracy']:.4f} (LiteRT {client['accuracy_litert']:.4f}) on {client['sentences']} test "
+            "sentences" if client.get("agreement") is not None and "accuracy" in client else "")
         released.append(name)
     for child in stage_dir.iterdir():  # bundles of an earlier run that are not released now
         if child.is_dir() and child.name not in released:
