@@ -13,7 +13,9 @@ and gets no metadata); one float32 (or uint8) classification output; a WordPiece
 ``[CLS]``, ``[SEP]``, ``[UNK]`` and the padding token at id 0; lower-case text, since MediaPipe
 lower-cases ASCII letters before tokenizing. It neither strips accents nor drops control characters,
 so text with those can tokenize differently from the Hugging Face tokenizer (measured in the
-release manifest: ``clients.mediapipe``). Scores are the model's logits, not probabilities.
+release manifest: ``clients.mediapipe``). Scores are the model's logits, not probabilities (the writer
+also stamps stats min 0 / max 1 on every float32 classification output; the TextClassifier does not
+read them, and the description written here says the scores are logits).
 
 mediapipe 1.2.x wheels lack one compiled helper the writers import,
 ``GetMinimumMetadataParserVersion``; :func:`provide_version_helper` supplies the Python one in
@@ -31,13 +33,10 @@ from typing import Sequence
 
 import numpy as np
 
-from tfcompress.config.constants import TFLITE_METADATA_MODES
 from tfcompress.errors import ArtifactError, TfcompressError
 from tfcompress.evaluate.runtime import TFLiteModel
 from tfcompress.export import metadata_version
-from tfcompress.utils import atomic_write_bytes, get_logger
-
-log = get_logger("export")
+from tfcompress.utils import atomic_write_bytes
 
 MEDIAPIPE_VERSION = "1.2.2"
 # mediapipe 1.2.2 declares absl-py~=2.3, which tensorflow-model-optimization 0.8.1 (absl-py~=1.2) rules
