@@ -186,6 +186,17 @@ def conll_file(tmp_path) -> Path:
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def import_mediapipe():
+    """mediapipe (requirements-mediapipe.txt); skip without it, except in CI, whose test command installs it."""
+    import importlib
+    import os
+
+    if os.environ.get("CI"):
+        return importlib.import_module("mediapipe")
+    return pytest.importorskip("mediapipe", reason="mediapipe not installed: pip install --no-deps -r "
+                                                   "requirements-mediapipe.txt")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` for the slow tier; skips when it is absent."""

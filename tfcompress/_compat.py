@@ -56,7 +56,7 @@ def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
     for dist in (
         "tensorflow", "tf-keras", "tensorflow-model-optimization", "transformers",
-        "ai-edge-litert", "numpy", "safetensors", "seqeval", "scikit-learn",
+        "ai-edge-litert", "numpy", "safetensors", "seqeval", "scikit-learn", "mediapipe",
     ):
         try:
             out[dist] = md.version(dist)

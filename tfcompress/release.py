@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from tfcompress.config.constants import SIGNATURE_KEY
+from tfcompress.config.constants import SIGNATURE_KEY, TFLITE_METADATA_MODES
 from tfcompress.evaluate.runtime import TFLiteModel, sizes
 from tfcompress.utils import atomic_dir, atomic_write_json, atomic_write_text, get_logger
-from tfcompress.errors import TfcompressError
+from tfcompress.errors import ConfigError, TfcompressError
+from tfcompress.export import metadata as tflite_metadata
 
 log = get_logger("export")
 
@@ -77,28 +78,42 @@ def tokenizer_settings(tokenizer, seq_length: int) -> dict:
 
 
 def release_bundle(artifact_path, release_dir, tokenizer, label_names: Sequence[str], record: dict | None = None,
-                   allow_regression: bool = False) -> Path:
+                   allow_regression: bool = False, metadata: str = "auto", check_texts: Sequence[str] = (),
+                   check_labels: Sequence[int] | None = None, model_info: dict | None = None) -> Path:
     """Write ``release_dir`` (e.g. ``OUTPUT/release/int8``) for a mobile app, atomically.
 
-    Contents: ``model.tflite``, ``vocab.txt``, ``tokenizer.json`` (tfcompress's own small settings
-    file: lower-casing, max length, special-token ids), ``labels.txt`` (one per line, index order)
-    and ``manifest.json`` (input/output names, dtypes, shapes, int8 scale/zero point of quantized
-    I/O, metrics and sizes from ``record``).
+    Contents: ``model.tflite`` (for a sequence classifier MediaPipe can run, with TFLite metadata:
+    :mod:`tfcompress.export.metadata`), ``vocab.txt``, ``tokenizer.json`` (every tokenizer rule, for
+    apps that tokenize themselves), ``labels.txt`` (one per line, index order) and ``manifest.json``
+    (input/output names, dtypes, shapes, int8 scale/zero point of quantized I/O, metrics from
+    ``record``, ``tflite_metadata``: written or why not, ``clients``: how each runtime was checked).
 
     Args:
-        artifact_path: the ``.tflite`` file.
+        artifact_path: the ``.tflite`` file the parity gate measured.
         release_dir: the bundle directory (replaced as a whole).
         tokenizer: the model's (WordPiece) tokenizer; its vocabulary is written in id order.
         label_names: class names in logit order.
         record: the artifact record from :func:`tfcompress.runtime.artifact_record` (optional).
         allow_regression: release even if ``record["passed"]`` is False.
+        metadata: ``"auto"``: MediaPipe metadata where the artifact fits and mediapipe is installed,
+            else the manifest says why not; ``"required"``: an error instead; ``"off"``: none.
+        check_texts: texts MediaPipe's TextClassifier classifies from the released file, compared with
+            LiteRT on the same file (recorded in ``manifest["clients"]["mediapipe"]``).
+        check_labels: their class ids, for the accuracy of both on them (optional).
+        model_info: ``name``, ``description``, ``version`` for the metadata (defaults from ``record``).
 
     Raises:
         RegressedArtifactError: the record failed the parity gate and ``allow_regression`` is False.
+        MetadataError / MediaPipeMissingError: ``metadata="required"`` and the artifact does not fit
+            or mediapipe is missing.
+        ArtifactError: the file with metadata does not give the checked file's logits.
     """
     import shutil
 
-
+    if metadata not in TFLITE_METADATA_MODES:
+        raise ConfigError(f"release.tflite_metadata={metadata!r}: must be one of {TFLITE_METADATA_MODES}")
+    if any("\n" in name or not name.strip() for name in label_names):
+        raise ConfigError(f"labels {list(label_names)!r}: a label name must be non-empty and one line (labels.txt)")
     if record is not None and not record.get("passed", True) and not allow_regression:
         raise RegressedArtifactError(
             f"{record.get('name')}: metric {record.get('metrics', {}).get(record.get('primary_metric', ''), '?')} "
@@ -118,20 +133,66 @@ def release_bundle(artifact_path, release_dir, tokenizer, label_names: Sequence[
         "labels": list(label_names),
         "tokenizer": "tokenizer.json",
         "vocab": "vocab.txt",
-        **sizes(artifact_path),
     }
     if record is not None:
         for key in ("name", "quantization", "seq_length", "sparsity", "metrics", "agreement",
                     "latency_ms", "float_ops", "passed"):
             if key in record:
                 manifest[key] = record[key]
+    manifest["clients"] = {"litert": {
+        "client": "LiteRT interpreter (ai_edge_litert), the Hugging Face tokenizer's ids",
+        "how": "metrics, agreement and latency above were measured on the exported file by the parity gate"
+               if record is not None else "no artifact record given: not measured by the release step"}}
     with atomic_dir(release_dir) as tmp:
-        shutil.copyfile(artifact_path, Path(tmp) / "model.tflite")
+        model_path = Path(tmp) / "model.tflite"
+        shutil.copyfile(artifact_path, model_path)
         atomic_write_text(Path(tmp) / "vocab.txt", "\n".join(tokens) + "\n")
         atomic_write_text(Path(tmp) / "labels.txt", "\n".join(label_names) + "\n")
         atomic_write_json(Path(tmp) / "tokenizer.json", settings)
+        manifest["tflite_metadata"] = _add_metadata(artifact, artifact_path, Path(tmp), tokenizer, label_names,
+                                                    metadata, (check_texts, check_labels), model_info, record, manifest)
+        manifest.update(sizes(model_path))  # what the app downloads: the file with its metadata
         atomic_write_json(Path(tmp) / "manifest.json", manifest)
     log.info("release bundle %s", release_dir)
     return Path(release_dir)
 
 
+def _add_metadata(artifact, artifact_path, folder: Path, tokenizer, label_names, mode: str, check: tuple,
+                  model_info: dict | None, record: dict | None, manifest: dict) -> dict:
+    """Pack MediaPipe metadata into ``folder/model.tflite`` when ``mode`` and the artifact allow; re-verify
+    the file; return the manifest's ``tflite_metadata`` record (``written`` and what, or ``reason``)."""
+    if mode == "off":
+        return {"written": False, "reason": "release.tflite_metadata is 'off'"}
+    reason = tflite_metadata.unfit_reason(artifact, tokenizer, label_names)
+    if reason is None:
+        reason = tflite_metadata.mediapipe_missing_reason()
+        if reason is not None and mode == "required":
+            raise tflite_metadata.MediaPipeMissingError(reason)
+    elif mode == "required":
+        raise tflite_metadata.MetadataError(f"{artifact_path}: cannot carry MediaPipe metadata: {reason}")
+    if reason is not None:
+        log.warning("release %s: no TFLite metadata: %s", folder.name, reason)
+        return {"written": False, "reason": reason}
+    artifact_name = (record or {}).get("name", Path(artifact_path).stem)
+    info = {"name": f"tfcompress {artifact_name} text classifier",
+            "description": f"Text classifier with {len(label_names)} classes ({', '.join(label_names[:8])}), "
+                           f"{(record or {}).get('quantization', artifact_name)} TFLite; scores are logits",
+            "version": artifact_name, **(model_info or {})}
+    model_path = folder / "model.tflite"
+    input_tensors = {role: artifact.input_details[name]["name"] for role, name in tflite_metadata.BERT_INPUTS.items()}
+    written = tflite_metadata.write_metadata(artifact_path, model_path, folder / "vocab.txt", label_names,
+                                             input_tensors, info["name"], info["description"], info["version"])
+    rows = tflite_metadata.check_same_outputs(artifact_path, model_path, len(tokenizer.get_vocab()))
+    manifest["clients"]["litert"]["how"] += (f"; the released file (with metadata) gave the same logits, bit for "
+                                             f"bit, on {rows} token rows")
+    texts, labels = check
+    if texts:
+        manifest["clients"]["mediapipe"] = tflite_metadata.check_with_mediapipe(model_path, texts, tokenizer, labels)
+    mp = tflite_metadata.load_mediapipe()
+    return {"written": True, "reader": "MediaPipe Tasks TextClassifier (Android, iOS, web, Python)",
+            "writer": f"mediapipe {mp.version} metadata_writers.text_classifier.MetadataWriter.create_for_bert_model "
+                      f"(min parser version helper: {mp.helper})",
+            **{key: info[key] for key in ("name", "description", "version")},
+            "min_parser_version": written.get("min_parser_version"),
+            "input_tensors": dict(tflite_metadata.BERT_INPUTS), "tokenizer": "BertTokenizer (vocab.txt packed)",
+            "labels": "labels.txt packed", "scores": "logits (argmax is the prediction; softmax for probabilities)"}

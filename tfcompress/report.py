@@ -185,7 +185,9 @@ def render_markdown(data: dict) -> str:
     if release is not None:
         lines += ["", "## Release", ""]
         for name in release.get("released", []):
-            lines.append(f"- `release/{name}/` (model.tflite, vocab.txt, labels.txt, tokenizer.json, manifest.json)")
+            metadata = (release.get("tflite_metadata") or {}).get(name)
+            lines.append(f"- `release/{name}/` (model.tflite, vocab.txt, labels.txt, tokenizer.json, manifest.json)"
+                         + (f"; MediaPipe TFLite metadata {metadata}" if metadata else ""))
         for name, why in (release.get("blocked") or {}).items():
             lines.append(f"- {name}: not released: {why}")
         if not release.get("released"):

@@ -195,6 +195,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser, defaults: RecipeConf
     if release:
         group.add_argument("--allow-regression", action="store_true", default=defaults.release.allow_regression,
                            help="release artifacts that failed the parity gate too")
+        group.add_argument("--label-names", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+                           metavar="NAMES", help="readable names of integer class labels, comma-separated in label-id "
+                           f"order, for the release ('' keeps them) (default: {','.join(defaults.release.label_names) or 'the labels'})")
 
 
 def model_defaults_to_run_folder(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
@@ -323,6 +326,8 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         config.evaluate.accuracy_budget = args.accuracy_budget
     if has("allow_regression"):
         config.release.allow_regression = args.allow_regression
+    if has("label_names"):
+        config.release.label_names = args.label_names
     config.stages = list(stages) if stages is not None else chain_stages(args, defaults)
     if args.smoke:
         config.data.max_train_samples = min(config.data.max_train_samples or 256, 256)

@@ -23,6 +23,9 @@ STAGE_ORDER = ("teacher", "finetune", "distill", "prune", "trim", "qat", "export
 QUANTIZED_ACTIVATION_MODES = ("int8", "int16x8")
 IO_TYPES = ("float", "int8")
 SIGNATURE_KEY = "serving_default"
+# release.tflite_metadata: "auto" packs MediaPipe metadata where the artifact fits and mediapipe is
+# installed (else the manifest says why not), "required" makes either an error, "off" never packs it.
+TFLITE_METADATA_MODES = ("auto", "required", "off")
 OUTPUT_NAME = "logits"
 # Floor for the additive attention mask in quantized modes. HF BERT adds -10000 at padded keys; a
 # masked key's weight after softmax is exp(floor - (max_score - score)) relative to the row's

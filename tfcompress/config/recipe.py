@@ -5,7 +5,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from tfcompress.config.constants import DEFAULT_INT8_FLOAT_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES, STAGE_ORDER
+from tfcompress.config.constants import (DEFAULT_INT8_FLOAT_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES, STAGE_ORDER,
+                                        TFLITE_METADATA_MODES)
 from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, TrainConfig
 from tfcompress.utils import to_json
 from tfcompress.errors import ConfigError
@@ -235,15 +236,29 @@ class ReleaseStageConfig:
     Args:
         allow_regression: also release artifacts that failed the parity gate.
         artifacts: names to release (empty: every artifact that passed).
+        label_names: readable names for integer class labels, in label-id order (SST-2: negative,
+            positive), for labels.txt, the TFLite metadata and the manifest; empty: the training file's.
+        tflite_metadata: TFLite metadata for MediaPipe Tasks' TextClassifier in each sequence
+            classifier's model.tflite: ``auto`` (where the artifact fits and mediapipe is installed; the
+            manifest says why not otherwise), ``required`` (an error instead) or ``off``.
     """
 
     allow_regression: bool = False
     artifacts: list[str] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)
+    tflite_metadata: str = "auto"
 
     def validate(self) -> None:
         unknown = [name for name in self.artifacts if name not in EXPORT_MODES and name != "qat-int8"]
         if unknown:
             raise ConfigError(f"release.artifacts={self.artifacts!r}: unknown artifact names {unknown}")
+        if self.tflite_metadata not in TFLITE_METADATA_MODES:
+            raise ConfigError(f"release.tflite_metadata={self.tflite_metadata!r}: must be one of "
+                              f"{list(TFLITE_METADATA_MODES)}")
+        names = [str(name) for name in self.label_names]
+        if any(not name.strip() or "\n" in name for name in names) or len(set(names)) != len(names):
+            raise ConfigError(f"release.label_names={self.label_names!r} (--label-names): names must be "
+                              "distinct, non-empty and one line each")
 
 
 @dataclass

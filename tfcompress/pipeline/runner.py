@@ -42,6 +42,7 @@ from tfcompress.config.training import TrainConfig
 from tfcompress.train.trainer import set_mixed_precision
 from tfcompress.data import encoding, readers
 from tfcompress.evaluate import metrics
+from tfcompress.export import metadata as tflite_metadata
 from tfcompress.models import loading
 from tfcompress.report import Report, write_outputs
 from tfcompress.utils import atomic_write_json, atomic_write_text, get_logger, set_seed, to_json
@@ -298,11 +299,29 @@ def check_inputs(context: "Context") -> None:
         what = f"the single class {classes[0]!r}" if classes else "no entity tag"
         raise InputError(f"{train.source}: the training data has {what}; a classifier needs at least two "
                          "classes (token tasks: at least one entity type besides O)")
+    _check_release_inputs(config, train)
     _, model_config = loading.read_model_config(context.current_model)
     limit = max_tokens(model_config)
     if limit is not None and config.data.max_length > limit:
         raise ConfigError(f"data.max_length={config.data.max_length} (--max-length): {context.current_model} "
                           f"holds at most {limit} tokens (its position table); use --max-length {limit} or less")
+
+
+def _check_release_inputs(config: RecipeConfig, train) -> None:
+    """``release.label_names`` renames the training file's integer class labels one for one; with
+    ``release.tflite_metadata="required"`` mediapipe must import and the task must be sequence."""
+    names, current = config.release.label_names, list(train.label_names)
+    if names and (config.task != "sequence" or len(names) != len(current)
+                  or not all(name.lstrip("-").isdigit() for name in current)):
+        raise ConfigError(f"release.label_names={names!r} (--label-names): one readable name per integer class "
+                          f"label of a sequence task, in label-id order; {train.source} has labels {current} "
+                          "(--label-names '' keeps them)")
+    if "release" in config.stages and config.release.tflite_metadata == "required":
+        if config.task != "sequence":
+            raise ConfigError("release.tflite_metadata='required': MediaPipe Tasks has no token-classification task")
+        reason = tflite_metadata.mediapipe_missing_reason()
+        if reason:
+            raise ConfigError(f"release.tflite_metadata='required': {reason}")
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from tfcompress.cli.options import recipe_main
 from tfcompress.config import DataConfig, DistillConfig, PruneConfig, RecipeConfig, StudentConfig, TrainConfig
-from tfcompress.config.recipe import TeacherStageConfig, TrimStageConfig
+from tfcompress.config.recipe import ReleaseStageConfig, TeacherStageConfig, TrimStageConfig
 
 DEFAULTS = RecipeConfig(
     name="sst2",
@@ -69,6 +69,7 @@ DEFAULTS = RecipeConfig(
     qat_train=TrainConfig(epochs=1, batch_size=32, learning_rate=2e-5, warmup_ratio=0.0, log_every=50,
                           checkpoint_every=200, restore_best=False),
     stages=["finetune", "distill", "prune", "trim", "export", "evaluate", "release"],
+    release=ReleaseStageConfig(label_names=["negative", "positive"]),  # SST-2's labels are 0 and 1
 )
 FILES = {"train": "train.tsv", "eval": "validation.tsv", "test": "test.tsv"}
 

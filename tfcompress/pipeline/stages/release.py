@@ -2,10 +2,12 @@
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
-from tfcompress import release
+from tfcompress import __version__, release
+from tfcompress.export.metadata import CLIENT_CHECK_SENTENCES
 from tfcompress.pipeline.runner import Context, stage
 from tfcompress.utils import get_logger
 from tfcompress.errors import ConfigError
@@ -23,7 +25,13 @@ def release_stage(context: Context) -> dict:
     candidates = [a for a in report.data["artifacts"] if not a.get("stock")]
     if not candidates:
         raise ConfigError("release: report.json has no evaluated artifacts; run export and evaluate first")
-    released, blocked = [], {}
+    released, blocked, metadata = [], {}, {}
+    labels = list(cfg.label_names) or context.label_names
+    check_texts, check_labels = [], None  # what MediaPipe's TextClassifier classifies from each released file
+    if config.task == "sequence" and cfg.tflite_metadata != "off":
+        test = context.examples("test")
+        check_texts = list(test.texts[:CLIENT_CHECK_SENTENCES])
+        check_labels = list(test.labels[:CLIENT_CHECK_SENTENCES])
     for record in candidates:
         name = record["name"]
         if cfg.artifacts and name not in cfg.artifacts:
@@ -36,8 +44,22 @@ def release_stage(context: Context) -> dict:
                              "needed); --allow-regression releases it anyway")
             log.warning("release %s: not released, %s", name, blocked[name])
             continue
-        release.release_bundle(context.output_dir / record["path"], stage_dir / name, context.tokenizer(),
-                              context.label_names, record=record, allow_regression=cfg.allow_regression)
+        score = record.get("metrics", {}).get(primary)
+        model_info = {"name": f"{config.name} {name}",
+                      "description": f"{config.name}: {config.task} classifier from {config.model}, {name} TFLite by "
+                                     f"tfcompress; {primary} {score if score is None else round(score, 4)} on the test "
+                                     "split (LiteRT); scores are logits",
+                      "version": f"tfcompress {__version__}, release config {context.digest}"}
+        bundle = release.release_bundle(context.output_dir / record["path"], stage_dir / name, context.tokenizer(),
+                                        labels, record=record, allow_regression=cfg.allow_regression,
+                                        metadata=cfg.tflite_metadata, check_texts=check_texts,
+                                        check_labels=check_labels, model_info=model_info)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        written, client = manifest["tflite_metadata"], manifest["clients"].get("mediapipe", {})
+        metadata[name] = "not written: " + written["reason"] if not written["written"] else "written" + (
+            f"; MediaPipe TextClassifier: agreement with LiteRT {client['agreement']:.4f}, accuracy "
+            f"{client['accuracy']:.4f} (LiteRT {client['accuracy_litert']:.4f}) on {client['sentences']} test "
+            "sentences" if client.get("agreement") is not None and "accuracy" in client else "")
         released.append(name)
     for child in stage_dir.iterdir():  # bundles of an earlier run that are not released now
         if child.is_dir() and child.name not in released:
@@ -45,6 +67,7 @@ def release_stage(context: Context) -> dict:
     if not released:
         log.warning("release: nothing released (no artifact passed the parity gate)")
     record = report.set_stage("release", metrics={}, seconds=time.time() - started, output="release/",
-                              released=released, blocked=blocked, allow_regression=cfg.allow_regression)
+                              released=released, blocked=blocked, allow_regression=cfg.allow_regression,
+                              tflite_metadata=metadata)
     report.save()
     return record
