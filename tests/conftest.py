@@ -100,27 +100,38 @@ def seeded_weights(model, seed: int = 0):
     return model
 
 
+def _save_tiny_mpnet(folder: Path, task: str, num_labels: int, labels=None) -> Path:
+    from transformers import MPNetTokenizerFast, TFAutoModelForSequenceClassification, TFAutoModelForTokenClassification
+
+    from tfcompress._compat import tf
+    from tfcompress.models.loading import save_model
+
+    words = [w for w in VOCAB if w not in SPECIAL_TOKENS]
+    (folder / "vocab.txt").write_text("\n".join(["<s>", "<pad>", "</s>", "<unk>", "[UNK]"] + words + ["extra", "words", "<mask>"]))
+    tokenizer = MPNetTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tf.random.set_seed(0)
+    extra = {"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}} if labels else {}
+    config = tiny_config("mpnet", vocab_size=len(tokenizer), pad_token_id=1, max_position_embeddings=514,
+                         num_labels=num_labels, **extra)
+    cls = TFAutoModelForSequenceClassification if task == "sequence" else TFAutoModelForTokenClassification
+    model = cls.from_config(config)
+    model(model.dummy_inputs, training=False)
+    save_model(seeded_weights(model, seed=3), tokenizer, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_token_dir(tmp_path_factory) -> Path:
+    """A saved tiny MPNet token classifier (CoNLL's 9 tags) with its own vocabulary (see tiny_mpnet_dir)."""
+    return _save_tiny_mpnet(tmp_path_factory.mktemp("tiny_mpnet_token"), "token", 9, CONLL_LABELS)
+
+
 @pytest.fixture(scope="session")
 def tiny_mpnet_dir(tmp_path_factory) -> Path:
     """A saved tiny MPNet sequence classifier with its own WordPiece vocabulary: MPNet's special tokens
     (<s>, </s>, <pad>, <mask>...), two extra words, so a vocabulary size and token ids that differ from
     the tiny BERT's: a teacher of another architecture and tokenizer."""
-    from transformers import MPNetTokenizerFast, TFAutoModelForSequenceClassification
-
-    from tfcompress._compat import tf
-    from tfcompress.models.loading import save_model
-
-    folder = tmp_path_factory.mktemp("tiny_mpnet")
-    words = [w for w in VOCAB if w not in SPECIAL_TOKENS]
-    (folder / "vocab.txt").write_text("\n".join(["<s>", "<pad>", "</s>", "<unk>", "[UNK]"] + words + ["extra", "words", "<mask>"]))
-    tokenizer = MPNetTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
-    tf.random.set_seed(0)
-    config = tiny_config("mpnet", vocab_size=len(tokenizer), pad_token_id=1, max_position_embeddings=514,
-                         num_labels=2)
-    model = TFAutoModelForSequenceClassification.from_config(config)
-    model(model.dummy_inputs, training=False)
-    save_model(seeded_weights(model, seed=3), tokenizer, folder)
-    return folder
+    return _save_tiny_mpnet(tmp_path_factory.mktemp("tiny_mpnet"), "sequence", 2)
 
 
 @pytest.fixture

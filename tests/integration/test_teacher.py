@@ -196,3 +196,35 @@ def test_mpnet_goes_through_prune_export_and_evaluate(student_run, tiny_mpnet_di
     assert (out / "release" / "fp32" / "model.tflite").is_file()
     saved = json.loads((out / "prune" / "model" / "config.json").read_text())
     assert saved["model_type"] == "mpnet"
+
+
+def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tokenizer, monkeypatch):
+    """CoNLL chain: an MPNet token teacher (another vocabulary) teaches a BERT student through per-word
+    targets; a second run reuses the cached word logits."""
+    from conftest import CONLL_TEXT, _save_tiny_mpnet, build_tiny_model
+    from tfcompress.data import readers
+    from tfcompress.models.loading import save_model
+
+    data = tmp_path / "conll"
+    data.mkdir()
+    for name in ("train.txt", "dev.txt", "test.txt"):
+        (data / name).write_text(CONLL_TEXT)
+    train = readers.read_conll(data / "train.txt")
+    tags = train.label_names  # the run's label set, in the run's order
+    (tmp_path / "teacher").mkdir()
+    tiny_mpnet_token_dir = _save_tiny_mpnet(tmp_path / "teacher", "token", len(tags), tags)
+    save_model(build_tiny_model("token", num_labels=len(tags)), tiny_tokenizer, tmp_path / "student")
+    monkeypatch.setenv("TFCOMPRESS_CACHE", str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "tfcompress.cli", "run", "conll2003", "--smoke", "--model", str(tmp_path / "student"),
+               "--data-dir", str(data), "--batch-size", "2", "--distill-from", str(tiny_mpnet_token_dir),
+               "--student-layers", "1", "--stages", "distill"]
+    _in_process(command + ["--output-dir", str(tmp_path / "first")], monkeypatch)
+    record = _stage(tmp_path / "first", "distill")
+    assert record["same_tokenizer"] is False and record["student_init"] == "model"
+    logits = record["teacher_logits"]
+    assert logits["reused"] is False and logits["words"] == sum(len(w) for w in train.words) and logits["teacher_unseen_words"] == 0
+    assert logits["student_words_without_target"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "first" / "distill" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/distill/kd_loss" in row for row in rows)
+    _in_process(command + ["--output-dir", str(tmp_path / "second")], monkeypatch)
+    assert _stage(tmp_path / "second", "distill")["teacher_logits"]["reused"] is True

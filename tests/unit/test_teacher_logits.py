@@ -150,3 +150,85 @@ def test_distiller_across_tokenizers_learns_from_per_text_logits_only(teacher):
     np.testing.assert_allclose(terms["distill/kd_loss"].numpy(), expected.numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="cannot run on the student's batch"):
         distiller.loss_fn(distiller, features, np.array([1, 0], np.int32), training=False)
+
+
+# ---------------------------------------------------------------------------------- per-word targets
+WORDS = [["john", "visited", "extra", "words", "!"], ["mary", "told", "reuters", "in", "berlin", "."],
+         ["the", "eu", "said", "it", "won"]]
+
+
+@pytest.fixture
+def word_setup(tiny_mpnet_token_dir, tiny_tokenizer):
+    from conftest import CONLL_LABELS
+    from tfcompress.compress import teacher_logits
+    from tfcompress.data import encoding, readers
+    from tfcompress.models import loading
+    from tfcompress.models.facts import model_input_names
+
+    teacher = loading.load_model(str(tiny_mpnet_token_dir), task="token", labels=CONLL_LABELS)
+    teacher_tokenizer = loading.load_tokenizer(str(tiny_mpnet_token_dir))
+    examples = readers.TokenClassificationExamples(WORDS, [["O"] * len(w) for w in WORDS], CONLL_LABELS, "words")
+
+    def targets(teacher_length=32):
+        data = encoding.encode(teacher_tokenizer, examples, max_length=teacher_length,
+                               input_names=model_input_names(teacher))
+        positions = teacher_logits.word_positions(teacher_tokenizer, WORDS, teacher_length)
+        return positions, teacher_logits.compute_word_logits(teacher, data, positions, batch_size=2)
+
+    student = encoding.encode(tiny_tokenizer, examples, max_length=32)
+    return teacher, teacher_tokenizer, targets, student
+
+
+def test_per_word_targets_are_the_teachers_first_sub_token_logits_at_the_students_first_sub_tokens(
+        word_setup, tiny_tokenizer):
+    from tfcompress.compress import teacher_logits
+
+    teacher, teacher_tokenizer, targets, student = word_setup
+    teacher_positions, word_logits = targets()
+    student_positions = teacher_logits.word_positions(tiny_tokenizer, WORDS, 32)
+    assert [list(p) for p in teacher_positions] != [list(p) for p in student_positions]  # two tokenizations
+    values, mask, masked = teacher_logits.align_to_student(word_logits, student_positions, student.lengths())
+    assert masked == 0 and mask.sum() == sum(len(w) for w in WORDS)
+    offset, word = 0, 0
+    for sentence, t_pos, s_pos, length in zip(WORDS, teacher_positions, student_positions, student.lengths()):
+        alone = teacher_tokenizer([sentence], is_split_into_words=True, return_tensors="tf", return_token_type_ids=False)
+        logits = teacher(dict(alone), training=False).logits.numpy()[0]
+        for w in range(len(sentence)):  # the same word: the teacher's own logits, at the student's position
+            np.testing.assert_allclose(values[offset + s_pos[w]], logits[t_pos[w]], atol=1e-5)
+            assert mask[offset + s_pos[w]] == 1.0
+            word += 1
+        offset += length
+    # the labels the student trains on sit exactly where the targets are
+    assert np.array_equal(np.concatenate(student.labels) != -100, mask == 1.0)
+
+
+def test_words_the_teacher_truncated_are_masked_and_counted(word_setup, tiny_tokenizer):
+    from tfcompress.compress import teacher_logits
+
+    _, _, targets, student = word_setup
+    _, word_logits = targets(teacher_length=5)  # <s> + 3 tokens + </s>: later words unseen
+    assert np.isnan(word_logits).any(axis=1).sum() > 0
+    student_positions = teacher_logits.word_positions(tiny_tokenizer, WORDS, 32)
+    values, mask, masked = teacher_logits.align_to_student(word_logits, student_positions, student.lengths())
+    assert masked == int(np.isnan(word_logits).any(axis=1).sum()) and not np.isnan(values).any()
+    assert mask.sum() == sum(len(w) for w in WORDS) - masked
+
+
+def test_word_targets_of_other_sentences_are_refused_naming_the_file(tmp_path, word_setup, tiny_mpnet_token_dir,
+                                                                      tiny_tokenizer):
+    from conftest import CONLL_LABELS
+    from tfcompress.compress import teacher_logits
+
+    teacher, teacher_tokenizer, targets, student = word_setup
+    positions, word_logits = targets()
+    student_positions = teacher_logits.word_positions(tiny_tokenizer, WORDS, 32)
+    with pytest.raises(teacher_logits.TeacherCacheError, match="other sentences"):
+        teacher_logits.align_to_student(word_logits[:-1], student_positions, student.lengths())
+    cache = teacher_logits.TeacherLogitCache(tmp_path)
+    fields = teacher_logits.cache_fields(tiny_mpnet_token_dir, CONLL_LABELS, WORDS, 32)
+    fields["num_rows"] = sum(len(w) for w in WORDS)
+    other = teacher_logits.cache_fields(tiny_mpnet_token_dir, CONLL_LABELS, WORDS[::-1], 32)  # another file
+    cache._write(cache.path_for(fields), dict(other, num_rows=fields["num_rows"]), word_logits)
+    with pytest.raises(teacher_logits.TeacherCacheError, match="field 'texts_sha256'") as error:
+        cache.load_or_compute_words(fields, teacher, None, positions)
+    assert str(cache.path_for(fields)) in str(error.value)

@@ -124,7 +124,8 @@ def task_loss(logits, labels, mask):
     return _masked_mean(ce, mask)
 
 
-def logit_losses(student_logits, teacher_logits, labels, padding_mask, task, alpha, temperature):
+def logit_losses(student_logits, teacher_logits, labels, padding_mask, task, alpha, temperature,
+                 teacher_mask=None):
     """``alpha * CE + (1 - alpha) * T^2 * KL`` on logits, with its unweighted terms by name.
 
     Args:
@@ -140,14 +141,16 @@ def logit_losses(student_logits, teacher_logits, labels, padding_mask, task, alp
         ``(weighted_sum, {"distill/task_loss": CE, "distill/kd_loss": T^2 * KL})``. Token task: both
         average over positions with a label that are not padding; nothing else reaches the loss.
         Sequence task: CE averages over the examples with a label, KL over every example (augmented
-        texts carry ``IGNORE_INDEX`` and only the teacher's soft label).
+        texts carry ``IGNORE_INDEX`` and only the teacher's soft label). ``teacher_mask`` (token task,
+        ``[B, T]``): where the teacher has a target at all (per-word targets of a teacher with another
+        tokenizer); the KL term also skips the other positions.
     """
     labels = tf.cast(labels, tf.int32)
     mask = tf.cast(tf.not_equal(labels, IGNORE_INDEX), tf.float32)
     kd_mask = None
     if task == "token":
         mask *= tf.cast(padding_mask, tf.float32)
-        kd_mask = mask
+        kd_mask = mask if teacher_mask is None else mask * tf.cast(teacher_mask, tf.float32)
     terms = {"distill/task_loss": task_loss(student_logits, labels, mask)}
     total = alpha * terms["distill/task_loss"]
     if alpha < 1.0:
@@ -371,7 +374,7 @@ class Distiller(keras.Model):
         needs_teacher = config.alpha < 1.0 or config.needs_hidden_states or config.needs_attentions
         teacher = self.teacher_outputs(features) if needs_teacher else {"logits": None}
         total, terms = logit_losses(student_logits, teacher["logits"], labels, padding, task,
-                                    config.alpha, self.temperature)
+                                    config.alpha, self.temperature, teacher.get("target_mask"))
         if config.needs_hidden_states:
             values = []
             for k, (t, s) in enumerate(self.layer_map):
@@ -414,8 +417,8 @@ class Distiller(keras.Model):
         data (the cross-tokenizer path: :mod:`tfcompress.compress.teacher_logits` computes them with the
         teacher's own tokenizer). Sequence task only."""
         if self.task == "token":
-            raise ValueError("per-text teacher logits are for sequence tasks; token tasks need per-word "
-                             "alignment")
+            raise ValueError("per-text teacher logits are for sequence tasks; a token task uses "
+                             "use_teacher_token_logits (per-word targets)")
         if self.distill_config.needs_hidden_states or self.distill_config.needs_attentions:
             raise ConfigError("precomputed teacher logits carry no hidden states or attention maps: set "
                               "DistillConfig.hidden_loss_weight and attention_loss_weight to 0")
@@ -425,6 +428,18 @@ class Distiller(keras.Model):
         self._cache = None
         self._cache = TeacherCache.from_logits(logits)
         return {"examples": self._cache.num_examples, "tokens": 0,
+                "megabytes": round(self._cache.nbytes / 2**20, 2)}
+
+    def use_teacher_token_logits(self, values, mask, lengths) -> dict:
+        """Train a token task on precomputed per-word teacher targets aligned to the student's tokens
+        (:func:`tfcompress.compress.teacher_logits.align_to_student`): the KL term applies where
+        ``mask`` is 1 (each word's first sub-token that the teacher saw)."""
+        if self.distill_config.needs_hidden_states or self.distill_config.needs_attentions:
+            raise ConfigError("per-word teacher logits carry no hidden states or attention maps: set "
+                              "DistillConfig.hidden_loss_weight and attention_loss_weight to 0")
+        self._cache = None
+        self._cache = TeacherCache.from_token_logits(values, mask, lengths)
+        return {"examples": self._cache.num_examples, "tokens": self._cache.num_tokens,
                 "megabytes": round(self._cache.nbytes / 2**20, 2)}
 
     def clear_teacher_cache(self) -> None:

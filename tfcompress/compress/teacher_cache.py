@@ -112,6 +112,26 @@ class TeacherCache:
         cache.variables["logits"] = tf.Variable(logits, trainable=False, name="teacher_cache_logits")
         return cache
 
+    @classmethod
+    def from_token_logits(cls, values: np.ndarray, mask: np.ndarray, lengths) -> "TeacherCache":
+        """Token logits aligned to the student's tokens (``[sum T_i, C]``, ``T_i`` = ``lengths[i]``) with a
+        ``mask`` that is 1 where the teacher gave a target (a word's first sub-token): per-word targets
+        of a teacher that read the words with its own tokenizer
+        (:func:`tfcompress.compress.teacher_logits.align_to_student`). Lookups check the lengths."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float32)
+        if values.ndim != 2 or len(values) != int(lengths.sum()) or len(mask) != len(values):
+            raise ValueError(f"token logits {values.shape} / mask {np.shape(mask)} do not cover {int(lengths.sum())} "
+                             "student tokens")
+        cache = cls()
+        cache.num_examples, cache.num_tokens, cache.nbytes = len(lengths), int(lengths.sum()), values.nbytes
+        cache.token_level_logits = True
+        for name, value in (("lengths", lengths.astype(np.int32)),
+                            ("token_splits", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)),
+                            ("logits", values), ("target_mask", np.asarray(mask, np.float32)[:, None])):
+            cache.variables[name] = tf.Variable(value, trainable=False, name=f"teacher_cache_{name}")
+        return cache
+
     def _gather_tokens(self, name, index, batch_length):
         variables = self.variables
         ragged = tf.RaggedTensor.from_row_splits(variables[name], variables["token_splits"], validate=False)
@@ -138,6 +158,8 @@ class TeacherCache:
             else:
                 logits = tf.gather(variables["logits"], index)
         result = {"logits": logits}
+        if "target_mask" in variables:
+            result["target_mask"] = self._gather_tokens("target_mask", index, batch_length)[..., 0]
         if "hidden" in variables:
             hidden = self._gather_tokens("hidden", index, batch_length)  # [B, T, K, H]
             result["hidden"] = tf.unstack(hidden, num=variables["hidden"].shape[1], axis=2)

@@ -4,7 +4,10 @@ When teacher and student read text with different tokenizers (MPNet's 30,527-ent
 MiniLM's 30,522, or any two architectures), their token positions do not line up: only what each
 predicts for a whole text can be compared. The teacher therefore runs once over the training texts
 (and their augmented copies), each tokenized with the teacher's own tokenizer, and the student learns
-from those logits by row (:meth:`tfcompress.compress.distill.Distiller.use_teacher_logits`).
+from those logits by row (:meth:`tfcompress.compress.distill.Distiller.use_teacher_logits`). A token task
+compares words instead: the teacher's logits at the first sub-token of every word (:func:`word_positions`,
+:func:`compute_word_logits`), placed at the student's first sub-token of the same word
+(:func:`align_to_student`; words the teacher truncated get no target and are counted).
 
 A cache file ``<cache_dir>/<teacher folder name>-<key>.npz`` holds ``logits`` (``[N, C]`` float32)
 and ``fields``, a JSON object of everything the logits depend on (see :func:`cache_fields`): the
@@ -117,6 +120,79 @@ def compute_logits(teacher, data, batch_size: int = 64, rows: np.ndarray | None 
     return logits
 
 
+def word_positions(tokenizer, words: Sequence[Sequence[str]], max_length: int) -> list[np.ndarray]:
+    """Per sentence, the token position of each word's first sub-token in ``tokenizer``'s encoding
+    (special tokens counted, ``max_length`` applied); -1 for a word that got no token (cut by
+    ``max_length`` or tokenised to nothing)."""
+    out = []
+    for start in range(0, len(words), 1024):
+        chunk = [list(sentence) for sentence in words[start:start + 1024]]
+        batch = tokenizer(chunk, truncation=True, max_length=max_length, is_split_into_words=True, verbose=False)
+        for offset, sentence in enumerate(chunk):
+            positions = np.full(len(sentence), -1, dtype=np.int64)
+            for position, word in enumerate(batch.word_ids(offset)):
+                if word is not None and positions[word] < 0:
+                    positions[word] = position
+            out.append(positions)
+    return out
+
+
+def compute_word_logits(teacher, data, positions: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    """The teacher's logits at the first sub-token of every word: ``[total words, C]`` float32, sentence
+    after sentence, word after word; NaN rows for words the teacher did not see (``positions`` -1).
+    ``data``: the words encoded with the teacher's tokenizer (token task EncodedData)."""
+    names = facts.model_input_names(teacher)
+
+    @tf.function(reduce_retracing=True)
+    def forward(features):
+        return tf.cast(teacher({k: v for k, v in features.items() if k in names}, training=False).logits,
+                       tf.float32)
+
+    counts = np.array([len(p) for p in positions], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    logits = np.full((int(counts.sum()), int(teacher.config.num_labels)), np.nan, dtype=np.float32)
+    lengths = np.asarray(data.lengths(), dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        features, _ = data.padded_batch(indices)
+        values = forward({k: tf.constant(v) for k, v in features.items()}).numpy()
+        for row, example in enumerate(indices):
+            seen = positions[example] >= 0
+            logits[starts[example]:starts[example + 1]][seen] = values[row, positions[example][seen]]
+    return logits
+
+
+def align_to_student(word_logits: np.ndarray, student_positions: Sequence[np.ndarray],
+                     student_lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-word teacher logits placed at the student's first sub-token of each word.
+
+    Returns ``(values [sum T_i, C], mask [sum T_i], masked_words)``: student tokens in order (``T_i`` =
+    the student's length of sentence ``i``), the teacher's logits at each word's first sub-token and 0
+    elsewhere, ``mask`` 1 exactly there; ``masked_words`` counts the words the student kept but the
+    teacher truncated (no target: masked).
+    """
+    counts = [len(p) for p in student_positions]
+    if sum(counts) != len(word_logits):
+        raise TeacherCacheError(f"teacher logits cover {len(word_logits)} words, the student's data {sum(counts)}: "
+                                "the cache was made for other sentences")
+    total = int(np.sum(student_lengths))
+    values = np.zeros((total, word_logits.shape[1]), dtype=np.float32)
+    mask = np.zeros(total, dtype=np.float32)
+    masked, token, word = 0, 0, 0
+    for positions, length in zip(student_positions, student_lengths):
+        for position in positions:
+            if position >= 0:
+                if np.isnan(word_logits[word]).any():
+                    masked += 1
+                else:
+                    values[token + position] = word_logits[word]
+                    mask[token + position] = 1.0
+            word += 1
+        token += int(length)
+    return values, mask, masked
+
+
 class TeacherLogitCache:
     """Teacher logits files in ``directory`` (see the module docstring)."""
 
@@ -152,7 +228,7 @@ class TeacherLogitCache:
                     f"{path}: teacher-logits cache field {name!r} is {stored.get(name)!r}, this run needs "
                     f"{fields[name]!r} (the file was made for another teacher, data or augmentation); "
                     "delete it to recompute")
-        expected = (fields["num_texts"], len(fields["teacher_labels"]))
+        expected = (fields.get("num_rows", fields["num_texts"]), len(fields["teacher_labels"]))
         if logits.shape != expected:
             raise TeacherCacheError(f"{path}: logits have shape {logits.shape}, expected {expected}; delete it "
                                     "to recompute")
@@ -170,14 +246,15 @@ class TeacherLogitCache:
             log.info("teacher logits: %s differs in %s; computing a new cache", other.name, ", ".join(differ))
             return
 
-    def load(self, fields: dict) -> np.ndarray | None:
-        """The cached logits for ``fields``, or None when there is no complete file for them."""
+    def load(self, fields: dict, missing_rows_allowed: bool = False) -> np.ndarray | None:
+        """The cached logits for ``fields``, or None when there is no complete file for them
+        (``missing_rows_allowed``: per-word logits, where NaN marks a word the teacher truncated)."""
         path = self.path_for(fields)
         if not path.is_file():
             return None
         stored, logits = self._read(path)
         self.check(path, stored, fields, logits)
-        if np.isnan(logits).any():
+        if not missing_rows_allowed and np.isnan(logits).any():
             raise TeacherCacheError(f"{path}: {int(np.isnan(logits).any(axis=1).sum())} rows have no logits; "
                                     "delete it to recompute")
         return logits
@@ -222,3 +299,20 @@ class TeacherLogitCache:
         log.info("teacher logits: %d texts in %.0f s -> %s", len(missing), seconds, path)
         return logits, {"file": str(path), "reused": False, "texts": len(logits), "computed": int(len(missing)),
                         "seconds": round(seconds, 1)}
+
+    def load_or_compute_words(self, fields: dict, teacher, data, positions, batch_size: int = 64) -> tuple:
+        """Per-word logits (:func:`compute_word_logits`) for ``fields`` (``num_rows`` = total words),
+        cached or computed and saved (no partial file: a token task's teacher pass is short)."""
+        path = self.path_for(fields)
+        started = time.time()
+        logits = self.load(fields, missing_rows_allowed=True)
+        reused = logits is not None
+        if not reused:
+            self._explain_miss(fields)
+            logits = compute_word_logits(teacher, data, positions, batch_size)
+            self._write(path, fields, logits)
+        unseen = int(np.isnan(logits).any(axis=1).sum())
+        log.info("teacher word logits: %s %s (%d words, %d not seen by the teacher)",
+                 "reusing" if reused else "computed", path, len(logits), unseen)
+        return logits, {"file": str(path), "reused": reused, "texts": fields["num_texts"], "words": len(logits),
+                        "teacher_unseen_words": unseen, "seconds": round(time.time() - started, 1)}

@@ -99,9 +99,6 @@ def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augm
     """The teacher's logits for every training text (then the augmented ones), each read with the
     teacher's own tokenizer, from the on-disk cache or computed into it."""
     config = context.config
-    if config.task != "sequence":
-        raise ConfigError(f"student.teacher={_teacher_path(context)!r}: a teacher with another tokenizer can "
-                          "teach sequence tasks only (token tasks need per-word alignment)")
     # An augmented text masks words with the student's mask token; the teacher reads its own.
     student_mask, teacher_mask = context.tokenizer().mask_token, teacher_tokenizer.mask_token
     if augmented and teacher_mask is None:
@@ -113,11 +110,38 @@ def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augm
         "ngram_prob": config.distill.augment_ngram_prob, "seed": _augment_seed(context)}
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config), texts,
                                          config.data.max_length, augmentation)
-    directory = Path(config.distill.teacher_cache_dir or packaged.cache_root() / "teacher-logits")
-    cache = teacher_logits.TeacherLogitCache(directory)
+    cache = _cache(context)
     data = encoding.encode(teacher_tokenizer, _unlabelled(context, texts, "teacher view"),
                            max_length=config.data.max_length, input_names=model_input_names(teacher))
     return cache.load_or_compute(fields, teacher, data, batch_size=config.distill_train.eval_batch_size)
+
+
+def _cache(context: "Context") -> "teacher_logits.TeacherLogitCache":
+    directory = context.config.distill.teacher_cache_dir or packaged.cache_root() / "teacher-logits"
+    return teacher_logits.TeacherLogitCache(Path(directory))
+
+
+def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer, train) -> tuple:
+    """Token task: the teacher's logits at the first sub-token of every training word (its own
+    tokenizer), cached on disk per word, placed at the student's first sub-token of the same word.
+    Returns ``(values, mask, info)`` for :meth:`Distiller.use_teacher_token_logits`."""
+    config = context.config
+    examples = context.examples("train")
+    max_length = config.data.max_length
+    fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config),
+                                         examples.words, max_length)
+    fields["num_rows"] = sum(len(words) for words in examples.words)
+    data = encoding.encode(teacher_tokenizer, examples, max_length=max_length, input_names=model_input_names(teacher))
+    positions = teacher_logits.word_positions(teacher_tokenizer, examples.words, max_length)
+    word_logits, info = _cache(context).load_or_compute_words(fields, teacher, data, positions,
+                                                              batch_size=config.distill_train.eval_batch_size)
+    student_positions = teacher_logits.word_positions(context.tokenizer(), examples.words, max_length)
+    values, mask, masked = teacher_logits.align_to_student(word_logits, student_positions, train.lengths())
+    info["student_words_without_target"] = masked
+    if masked:
+        log.info("distill: %d training words the student reads were cut by the teacher's max_length=%d: no "
+                 "teacher target there (masked)", masked, max_length)
+    return values, mask, info
 
 
 @stage("distill")
@@ -151,7 +175,10 @@ def distill_stage(context: Context) -> dict:
     augmented = _augmented_texts(context)
     train, evaluation = _training_data(context, augmented), context.encoded("eval")
     cache, logits_file = None, None
-    if not same:
+    if not same and config.task == "token":
+        values, mask, logits_file = _cross_tokenizer_word_targets(context, teacher, teacher_tokenizer, train)
+        cache = distiller.use_teacher_token_logits(values, mask, train.lengths())
+    elif not same:
         logits, logits_file = _cross_tokenizer_logits(context, teacher, teacher_tokenizer, augmented)
         cache = distiller.use_teacher_logits(logits)
     elif config.distill.cache_teacher:
