@@ -227,9 +227,9 @@ def app_tokenize(text, vocab, settings):
     if settings["clean_text"]:
         kept = []
         for char in text:
-            if ord(char) in (0, 0xFFFD) or (unicodedata.category(char) in ("Cc", "Cf") and char not in "\t\n\r"):
+            if ord(char) in (0, 0xFFFD) or (unicodedata.category(char) in ("Cc", "Cf", "Co") and char not in "\t\n\r"):
                 continue
-            kept.append(" " if char in "\t\n\r" or unicodedata.category(char) == "Zs" else char)
+            kept.append(" " if char in "\t\n\r" or unicodedata.category(char) in ("Zs", "Zl", "Zp") else char)
         text = "".join(kept)
     if settings["chinese_chars"]:
         text = "".join(f" {c} " if in_ranges(c, settings["cjk_ranges"]) else c for c in text)

@@ -22,9 +22,10 @@ log = get_logger("export")
 class RegressedArtifactError(TfcompressError, RuntimeError):
     """The artifact failed the parity gate and ``allow_regression`` was not given."""
 
-# BERT's BasicTokenizer rules, as Hugging Face's BertNormalizer / BertPreTokenizer apply them.
+# BERT's BasicTokenizer rules, as Hugging Face's fast BertNormalizer / BertPreTokenizer (the Rust
+# `tokenizers` library) apply them; its CJK table starts the sixth range at 0x2B920 (Python BERT: 0x2B820).
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
-              (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+              (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 ASCII_PUNCTUATION_RANGES = ((33, 47), (58, 64), (91, 96), (123, 126))
 
 
@@ -50,9 +51,9 @@ def tokenizer_settings(tokenizer, seq_length: int) -> dict:
         "steps": ["clean_text", "chinese_chars", "strip_accents", "lowercase", "split", "wordpiece",
                   "add_special_tokens", "truncate_and_pad"],
         "clean_text": clean_text,
-        "clean_text_rule": "drop U+0000, U+FFFD and every character of Unicode category Cc or Cf except tab, "
-                           "newline and carriage return; turn tab, newline, carriage return and category Zs into "
-                           "a space",
+        "clean_text_rule": "drop U+0000, U+FFFD and every character of Unicode category Cc, Cf or Co (private "
+                           "use) except tab, newline and carriage return; turn tab, newline, carriage return and "
+                           "every character of category Zs, Zl or Zp into a space",
         "chinese_chars": chinese,
         "chinese_chars_rule": "put a space before and after every code point in cjk_ranges (inclusive)",
         "cjk_ranges": [[low, high] for low, high in CJK_RANGES],
@@ -60,7 +61,7 @@ def tokenizer_settings(tokenizer, seq_length: int) -> dict:
         "strip_accents": lowercase if strip_accents is None else bool(strip_accents),
         "strip_accents_rule": "Unicode NFD, then drop every character of category Mn",
         "lowercase": lowercase,
-        "split_rule": "split on whitespace (space, tab, newline, carriage return, category Zs); then every "
+        "split_rule": "split on whitespace (space, tab, newline, carriage return, category Zs, Zl, Zp); then every "
                       "punctuation character is a word of its own: the ASCII code points in "
                       "ascii_punctuation_ranges (so $ ` ^ + < = > | ~ count, though Unicode calls them "
                       "symbols) and every character of a Unicode category starting with P",

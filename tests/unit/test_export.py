@@ -366,7 +366,8 @@ def test_parity_gate_blocks_regressed_artifact(tmp_path, tiny_tokenizer):
 # Text an app meets that a "split on whitespace and punctuation" recipe gets wrong: symbols BERT counts
 # as punctuation (` $ ^ + < = > | ~), CJK ideographs, accents, control and zero-width characters.
 HOSTILE_SENTENCES = ["`` a good movie ''", "it was $5 !", "loved it+fun=great|~^", "a東京film", "naïve Café",
-                     "a\u200bgood\x07movie", "tab\tand\u00a0nbsp", "the film 's " + "a" * 120, "<great>"]
+                     "a\u200bgood\x07movie", "tab\tand\u00a0nbsp", "the film 's " + "a" * 120, "<great>",
+                     "a\ue000good\U000f0000movie", "line\u2028and\u2029para", "a\U0002B830b\U0002B920c"]
 
 
 def test_app_tokenizer_follows_tokenizer_json_on_hostile_text(tiny_tokenizer):
