@@ -161,7 +161,8 @@ def test_the_teacher_stage_resumes_after_a_kill_and_teaches_the_student(student_
                                env={**os.environ, "TFCOMPRESS_CACHE": str(folder / "cache")})
     deadline = time.time() + 600
     try:
-        while not list((out / "teacher" / "checkpoints").glob("ckpt-*.index")):
+        # the manager's state file names a finished checkpoint (an index file alone may be mid-save)
+        while not (out / "teacher" / "checkpoints" / "checkpoint").is_file():
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.time() < deadline, "the teacher never checkpointed"
             time.sleep(0.05)
@@ -228,3 +229,22 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
     assert any("train/distill/kd_loss" in row for row in rows)
     _in_process(command + ["--output-dir", str(tmp_path / "second")], monkeypatch)
     assert _stage(tmp_path / "second", "distill")["teacher_logits"]["reused"] is True
+
+
+def test_the_teacher_stage_is_a_side_branch_of_the_hash_chain():
+    """Changing the teacher reruns distill and after, never finetune; a run without it keeps its hashes."""
+    from tfcompress.config import recipe
+    from tfcompress.pipeline import runner
+
+    plain = recipe.RecipeConfig(stages=["finetune", "distill", "prune"])
+    with_teacher = recipe.RecipeConfig(stages=["teacher", "finetune", "distill", "prune"])
+    with_teacher.teacher.model = "big"
+    before = runner.stage_hashes(with_teacher)
+    assert before["finetune"] == runner.stage_hashes(plain)["finetune"]
+    assert before["distill"] != runner.stage_hashes(plain)["distill"]
+    with_teacher.teacher_train.epochs = 2
+    after = runner.stage_hashes(with_teacher)
+    assert [n for n in before if before[n] != after[n]] == ["teacher", "distill", "prune"]
+    with_teacher.student.teacher = "another"
+    with pytest.raises(ValueError, match="give one teacher"):
+        with_teacher.validate()

@@ -139,7 +139,7 @@ def test_auto_pooling_refuses_to_switch_a_mean_trained_checkpoint_without_a_mean
 
     roberta = write_pytorch_dir(build_tiny_model("sequence", "roberta"), tmp_path / "roberta", drop_head=True)
     _sentence_transformers_layout(roberta, "mean")
-    with pytest.raises(ConfigError, match="trained with mean pooling.*'roberta'.*pooling 'cls'"):
+    with pytest.raises(ConfigError, match="trained with mean pooling.*'roberta'.*--pooling cls"):
         loading.resolve_pooling("auto", str(roberta))
     assert loading.resolve_pooling("cls", str(roberta)) == "cls"
     assert loading.resolve_pooling("auto", str(tmp_path / "missing")) == "cls"

@@ -232,3 +232,45 @@ def test_word_targets_of_other_sentences_are_refused_naming_the_file(tmp_path, w
     with pytest.raises(teacher_logits.TeacherCacheError, match="field 'texts_sha256'") as error:
         cache.load_or_compute_words(fields, teacher, None, positions)
     assert str(cache.path_for(fields)) in str(error.value)
+
+
+def test_the_cache_key_follows_the_teacher_files_and_dtype_not_the_folder(tmp_path, tiny_mpnet_dir):
+    import shutil
+
+    from tfcompress.compress import teacher_logits
+
+    cache = teacher_logits.TeacherLogitCache(tmp_path / "cache")
+    base = _fields(tiny_mpnet_dir)
+    moved = tmp_path / "elsewhere" / "teacher"
+    shutil.copytree(tiny_mpnet_dir, moved)
+    same = teacher_logits.cache_fields(moved, ["negative", "positive"], TEXTS, 16)
+    assert cache.path_for(same).name.split("-")[-1] == cache.path_for(base).name.split("-")[-1]  # same key
+    (moved / "vocab.txt").write_text((moved / "vocab.txt").read_text() + "\nnewword")  # another tokenizer
+    assert teacher_logits.cache_fields(moved, ["negative", "positive"], TEXTS, 16)["teacher_weights_sha256"] \
+        != base["teacher_weights_sha256"]
+    half = teacher_logits.cache_fields(tiny_mpnet_dir, ["negative", "positive"], TEXTS, 16, dtype="mixed_float16")
+    assert cache.path_for(half) != cache.path_for(base)
+    with pytest.raises(teacher_logits.TeacherCacheError, match="not a model folder"):
+        teacher_logits.cache_fields(tmp_path / "missing", ["negative", "positive"], TEXTS, 16)
+
+
+def test_non_finite_teacher_logits_are_never_cached(tmp_path, tiny_mpnet_dir, teacher, teacher_data, monkeypatch):
+    from tfcompress.compress import teacher_logits
+
+    real = teacher_logits.compute_logits
+
+    def overflowing(*args, **kwargs):
+        logits = real(*args, **kwargs)
+        logits[2] = np.nan
+        return logits
+
+    monkeypatch.setattr(teacher_logits, "compute_logits", overflowing)
+    cache = teacher_logits.TeacherLogitCache(tmp_path)
+    fields = _fields(tiny_mpnet_dir)
+    with pytest.raises(teacher_logits.TeacherCacheError, match="non-finite logits for 1 texts"):
+        cache.load_or_compute(fields, teacher, teacher_data)
+    assert not cache.path_for(fields).exists()
+    cut = cache.path_for(fields)
+    cut.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(teacher_logits.TeacherCacheError, match="not a readable teacher-logits cache"):
+        cache.load(fields)

@@ -286,6 +286,8 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         raise ConfigError(f"--teacher {args.teacher} and --distill-from {args.distill_from}: give one teacher "
                           "(--teacher fine-tunes a checkpoint, --distill-from uses a fine-tuned one)")
     if has("teacher"):
+        if getattr(args, "student_layers", None) == 0:
+            raise ConfigError(f"--teacher {args.teacher} with --student-layers 0: no student would learn from it")
         config.teacher.model = args.teacher
     if has("teacher_epochs"):
         config.teacher_train.epochs = args.teacher_epochs

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,7 +39,10 @@ from tfcompress.utils import atomic_write_bytes, get_logger, sha256_file
 log = get_logger("distill")
 
 FORMAT = 1
-_WEIGHT_PATTERNS = ("*.h5", "*.safetensors", "*.index.json")
+# What the logits depend on in a teacher folder: config, weights, tokenizer files.
+_TEACHER_FILE_PATTERNS = ("config.json", "*.h5", "*.safetensors", "*.bin", "*.index.json", "vocab.txt", "merges.txt",
+                          "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+_NOT_IN_KEY = ("teacher",)  # where the teacher lies: recorded, but a moved folder keeps its logits
 
 
 class TeacherCacheError(ConfigError):
@@ -58,9 +62,9 @@ def texts_digest(texts: Sequence) -> str:
 
 
 def weights_digest(teacher_dir) -> str:
-    """sha256 over the teacher folder's config and weight files (names and contents)."""
+    """sha256 over the teacher folder's config, weight and tokenizer files (names and contents)."""
     directory = Path(teacher_dir)
-    files = sorted({p for pattern in _WEIGHT_PATTERNS for p in directory.glob(pattern)} | {directory / "config.json"})
+    files = sorted({p for pattern in _TEACHER_FILE_PATTERNS for p in directory.glob(pattern)})
     digest = hashlib.sha256()
     for path in files:
         if path.is_file():
@@ -70,12 +74,17 @@ def weights_digest(teacher_dir) -> str:
 
 
 def cache_fields(teacher_dir, teacher_labels: Sequence[str], texts: Sequence, max_length: int,
-                 augmentation: dict | None = None) -> dict:
-    """What the cached logits depend on; equal fields mean interchangeable logits."""
+                 augmentation: dict | None = None, dtype: str = "float32") -> dict:
+    """What the cached logits depend on (``teacher``, the folder, is recorded but not compared: equal
+    other fields mean interchangeable logits). ``teacher_dir`` must be a local folder."""
+    directory = Path(teacher_dir)
+    if not (directory / "config.json").is_file():
+        raise TeacherCacheError(f"{teacher_dir}: not a model folder (no config.json); pass a local directory")
     return {
         "format": FORMAT,
-        "teacher": str(Path(teacher_dir).resolve()),
-        "teacher_weights_sha256": weights_digest(teacher_dir),
+        "teacher": str(directory.resolve()),
+        "teacher_weights_sha256": weights_digest(directory),
+        "teacher_dtype": str(dtype),
         "teacher_labels": [str(label) for label in teacher_labels],
         "teacher_max_length": int(max_length),
         "num_texts": len(texts),
@@ -85,7 +94,14 @@ def cache_fields(teacher_dir, teacher_labels: Sequence[str], texts: Sequence, ma
 
 
 def _key(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    keyed = {k: v for k, v in fields.items() if k not in _NOT_IN_KEY}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def _file_stem(fields: dict) -> str:
+    """A readable name: the teacher folder's last three path parts (run folders all end in .../model)."""
+    parts = [part for part in Path(fields["teacher"]).parts[-3:] if part not in ("/", "")]
+    return "-".join("".join(c if c.isalnum() or c in "._" else "_" for c in part) for part in parts) or "teacher"
 
 
 def compute_logits(teacher, data, batch_size: int = 64, rows: np.ndarray | None = None,
@@ -201,8 +217,7 @@ class TeacherLogitCache:
         self.save_every_seconds = save_every_seconds
 
     def path_for(self, fields: dict) -> Path:
-        name = Path(fields["teacher"]).name or "teacher"
-        return self.directory / f"{name}-{_key(fields)}.npz"
+        return self.directory / f"{_file_stem(fields)}-{_key(fields)}.npz"
 
     @staticmethod
     def _write(path: Path, fields: dict, logits: np.ndarray) -> None:
@@ -215,7 +230,7 @@ class TeacherLogitCache:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 return json.loads(str(archive["fields"])), np.asarray(archive["logits"], dtype=np.float32)
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise TeacherCacheError(f"{path}: not a readable teacher-logits cache ({error}); delete it to "
                                     "recompute") from error
 
@@ -223,7 +238,7 @@ class TeacherLogitCache:
     def check(path: Path, stored: dict, fields: dict, logits: np.ndarray) -> None:
         """Raise TeacherCacheError naming the first field where ``stored`` differs from ``fields``."""
         for name in fields:
-            if stored.get(name) != fields[name]:
+            if name not in _NOT_IN_KEY and stored.get(name) != fields[name]:
                 raise TeacherCacheError(
                     f"{path}: teacher-logits cache field {name!r} is {stored.get(name)!r}, this run needs "
                     f"{fields[name]!r} (the file was made for another teacher, data or augmentation); "
@@ -234,15 +249,15 @@ class TeacherLogitCache:
                                     "to recompute")
 
     def _explain_miss(self, fields: dict) -> None:
-        name = Path(fields["teacher"]).name or "teacher"
-        for other in sorted(self.directory.glob(f"{name}-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True):
+        stem = _file_stem(fields)
+        for other in sorted(self.directory.glob(f"{stem}-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True):
             if other.name.endswith(".partial.npz"):
                 continue
             try:
                 stored, _ = self._read(other)
             except TeacherCacheError:
                 continue
-            differ = [k for k in fields if stored.get(k) != fields[k]]
+            differ = [k for k in fields if k not in _NOT_IN_KEY and stored.get(k) != fields[k]]
             log.info("teacher logits: %s differs in %s; computing a new cache", other.name, ", ".join(differ))
             return
 
@@ -293,6 +308,11 @@ class TeacherLogitCache:
                 state["logged"] = now
 
         logits = compute_logits(teacher, data, batch_size, rows=missing, on_progress=progress, initial=previous)
+        bad = np.flatnonzero(np.isnan(logits).any(axis=1) | np.isinf(logits).any(axis=1))
+        if bad.size:  # the teacher itself gave NaN/inf (e.g. float16 overflow): never cache it
+            raise TeacherCacheError(f"teacher {fields['teacher']}: non-finite logits for {bad.size} texts (first rows "
+                                    f"{bad[:5].tolist()}) under dtype {fields['teacher_dtype']}; nothing cached. Run the "
+                                    "distill stage in float32 (distill_train.mixed_precision unset)")
         self._write(path, fields, logits)
         partial.unlink(missing_ok=True)
         seconds = time.time() - started
@@ -310,6 +330,9 @@ class TeacherLogitCache:
         if not reused:
             self._explain_miss(fields)
             logits = compute_word_logits(teacher, data, positions, batch_size)
+            if np.isinf(logits).any():
+                raise TeacherCacheError(f"teacher {fields['teacher']}: infinite logits under dtype "
+                                        f"{fields['teacher_dtype']}; nothing cached")
             self._write(path, fields, logits)
         unseen = int(np.isnan(logits).any(axis=1).sum())
         log.info("teacher word logits: %s %s (%d words, %d not seen by the teacher)",

@@ -354,6 +354,9 @@ class RecipeConfig:
                              "stage does not augment; set distill.augment_copies")
         if "teacher" in self.stages and not self.teacher.model:
             raise ConfigError("teacher.model is empty (--teacher): the teacher stage needs a checkpoint to fine-tune")
+        if "teacher" in self.stages and "distill" in self.stages and self.student.teacher:
+            raise ConfigError(f"student.teacher={self.student.teacher!r} (--distill-from) and a teacher stage "
+                              f"(teacher.model={self.teacher.model!r}): give one teacher")
         for section in ("data", "teacher", "student", "distill", "prune", "prune_distill", "trim", "qat", "export", "evaluate",
                         "release"):
             getattr(self, section).validate()

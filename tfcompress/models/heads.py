@@ -95,7 +95,8 @@ def resolve(pooling: str, config, directory, task: str = "sequence") -> str:
         # build for this architecture; the user chooses the [CLS] head knowingly.
         raise ConfigError(f"pooling='auto': {directory} was trained with mean pooling, and the mean head is "
                           f"implemented for {', '.join(MEAN_ARCHITECTURES)} only (this is {config.model_type!r}); "
-                          "pass pooling 'cls' (--pooling cls, or teacher.pooling=cls) to fine-tune its [CLS] head")
+                          "choose the [CLS] head: --pooling cls for the run's model, --set teacher.pooling=cls for a "
+                          "--teacher checkpoint")
     return trained or "cls"
 
 

@@ -247,7 +247,13 @@ def stage_hashes(config: RecipeConfig) -> dict[str, str]:
     """
     hashes, digest = {}, None
     for name in config.stages:
-        digest = config_hash(digest, name, stage_config(config, name))
+        if name == "teacher":  # a side branch: only the distill stage learns from it
+            hashes[name] = config_hash(None, name, stage_config(config, name))
+            continue
+        parts = [digest, name, stage_config(config, name)]
+        if name == "distill" and "teacher" in hashes:
+            parts.append(hashes["teacher"])
+        digest = config_hash(*parts)
         hashes[name] = digest
     return hashes
 

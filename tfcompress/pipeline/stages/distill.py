@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tfcompress._compat import keras
 from tfcompress.compress import distill, teacher_logits
 from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.data import augment, encoding, readers
 from tfcompress.errors import ConfigError
 from tfcompress.models import loading, make_student, packaged
 from tfcompress.models.facts import model_input_names
-from tfcompress.pipeline.runner import Context, read_manifest, stage
+from tfcompress.pipeline.runner import Context, stage
 from tfcompress.pipeline.stages.common import model_facts, per_class_of, primary_name, scalars, test_logits_and_metrics
 from tfcompress.train.trainer import Trainer
 from tfcompress.utils import get_logger
@@ -59,14 +60,12 @@ def _training_data(context: "Context", augmented: list):
 
 
 def _teacher_path(context: "Context") -> str:
-    """``student.teacher``, else this run folder's ``teacher`` stage model, else the current model."""
+    """``student.teacher``, else the model of this chain's ``teacher`` stage, else the current model (a
+    teacher fine-tuned by an earlier command is named with ``--distill-from``, never picked up silently)."""
     if context.config.student.teacher:
-        return context.config.student.teacher
+        return loading.resolve_model_path(context.config.student.teacher)
     if "teacher" in context.stage_models:
         return context.stage_models["teacher"]
-    manifest = read_manifest(context.output_dir, "teacher")  # a teacher fine-tuned by an earlier command
-    if manifest and manifest.get("model_dir"):
-        return str(context.output_dir / manifest["model_dir"])
     return context.current_model
 
 
@@ -104,16 +103,23 @@ def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augm
     if augmented and teacher_mask is None:
         raise ConfigError(f"distill.augment_copies={config.distill.augment_copies}: the teacher "
                           f"{_teacher_path(context)} has no mask token to read the masked copies with")
-    texts = list(context.examples("train").texts) + [text.replace(student_mask, teacher_mask) for text in augmented]
+    texts = list(context.examples("train").texts) + list(augmented)
+    if teacher_mask is not None and student_mask:
+        texts = [text.replace(student_mask, teacher_mask) for text in texts]
     augmentation = {} if not augmented else {
         "copies": config.distill.augment_copies, "mask_prob": config.distill.augment_mask_prob,
         "ngram_prob": config.distill.augment_ngram_prob, "seed": _augment_seed(context)}
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config), texts,
-                                         config.data.max_length, augmentation)
+                                         config.data.max_length, augmentation, dtype=_policy())
     cache = _cache(context)
     data = encoding.encode(teacher_tokenizer, _unlabelled(context, texts, "teacher view"),
                            max_length=config.data.max_length, input_names=model_input_names(teacher))
     return cache.load_or_compute(fields, teacher, data, batch_size=config.distill_train.eval_batch_size)
+
+
+def _policy() -> str:
+    """Keras' global dtype policy: the teacher is built under it, and its logits depend on it."""
+    return keras.mixed_precision.global_policy().name
 
 
 def _cache(context: "Context") -> "teacher_logits.TeacherLogitCache":
@@ -129,7 +135,7 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     examples = context.examples("train")
     max_length = config.data.max_length
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config),
-                                         examples.words, max_length)
+                                         examples.words, max_length, dtype=_policy())
     fields["num_rows"] = sum(len(words) for words in examples.words)
     data = encoding.encode(teacher_tokenizer, examples, max_length=max_length, input_names=model_input_names(teacher))
     positions = teacher_logits.word_positions(teacher_tokenizer, examples.words, max_length)
@@ -175,7 +181,10 @@ def distill_stage(context: Context) -> dict:
     augmented = _augmented_texts(context)
     train, evaluation = _training_data(context, augmented), context.encoded("eval")
     cache, logits_file = None, None
-    if not same and config.task == "token":
+    needs_teacher = config.distill.alpha < 1.0  # cross-tokenizer: logits only (hidden/attention refused)
+    if not same and not needs_teacher:
+        log.info("distill: alpha=1.0, the student learns from the labels only; no teacher logits computed")
+    elif not same and config.task == "token":
         values, mask, logits_file = _cross_tokenizer_word_targets(context, teacher, teacher_tokenizer, train)
         cache = distiller.use_teacher_token_logits(values, mask, train.lengths())
     elif not same:
