@@ -41,6 +41,11 @@ def aggregate(per_seed: dict, dominates: dict) -> dict:
     seeds = sorted(per_seed)
     names = [name for name in per_seed[seeds[0]]["files"] if all(name in per_seed[s]["files"] for s in seeds)]
     files = list(per_seed[seeds[0]]["files"][names[0]]) if names else []
+    for seed in seeds:
+        for name in names:
+            if list(per_seed[seed]["files"][name]) != files:
+                raise ValueError(f"seed {seed}, {name}: scored on {list(per_seed[seed]['files'][name])}, seed "
+                                 f"{seeds[0]} on {files}; every seed must be scored on the same files")
     table = {}
     for name in names:
         hits = {f: [np.asarray(per_seed[s]["files"][name][f], np.float64) for s in seeds] for f in files}

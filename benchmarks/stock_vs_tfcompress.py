@@ -372,6 +372,13 @@ def summary(task: str, result: dict) -> list[str]:
     return lines
 
 
+def seed_settings(args) -> dict:
+    """What one seed's result depends on besides the seed: a finished seed is reused only with these."""
+    keys = ("model", "data_root", "max_train_samples", "max_test_samples", "stock_epochs", "tfc_epochs", "tfc_stages",
+            "set", "stock_seq_length", "test_files", "smoke")
+    return {key: getattr(args, key) for key in keys}
+
+
 def score_files(config: recipe.RecipeConfig, names: list[str], stock_dir: Path, stock: dict, output_dir: Path,
                 report: dict, source_model: str) -> dict:
     """Per-example correctness of every artifact of both paths on the recipe's test file and on each of
@@ -402,8 +409,16 @@ def run_task(task: str, args, folder: Path, seed: int | None = None) -> dict:
         output_dir = output_dir / f"seed{seed}"
         finished = output_dir / "stock_vs_tfcompress.json"  # a seed both paths finished: not run again
         if args.output_dir and finished.is_file():
-            print(f"{task} seed {seed}: reusing {finished}", flush=True)
-            return json.loads(finished.read_text())
+            previous = json.loads(finished.read_text())
+            recorded = previous.get("settings")
+            if recorded is None:
+                print(f"{task} seed {seed}: reusing {finished} (it does not record its settings: delete it to rerun)",
+                      flush=True)
+                return previous
+            if recorded == seed_settings(args):
+                print(f"{task} seed {seed}: reusing {finished}", flush=True)
+                return previous
+            print(f"{task} seed {seed}: {finished} was made with other settings; running it again", flush=True)
     config = recipe_config(task, args, output_dir, model, data_dir, seed)
     started = time.time()
     report = runner.run(config)
@@ -436,6 +451,7 @@ def run_task(task: str, args, folder: Path, seed: int | None = None) -> dict:
         if TASKS[task] != "sequence":
             raise SystemExit(f"{task}: --seeds/--test-files summarise per-sentence accuracy (sequence tasks)")
         result["seed"] = seed
+        result["settings"] = seed_settings(args)
         result["files"] = score_files(config, args.test_files, stock_dir, stock, output_dir, report.data,
                                       export_stage["source_model"])
         if seed is not None and args.output_dir:

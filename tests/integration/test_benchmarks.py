@@ -95,6 +95,13 @@ def test_stock_vs_tfcompress_smoke_runs_seeds_and_extra_test_files_and_resumes(t
     again = _run("stock_vs_tfcompress", argv)["tasks"]["sst2"]["aggregate"]  # both seeds read back, not rerun
     assert [path.stat().st_mtime_ns for path in finished] == stamps
     assert again["artifacts"]["tfcompress dynamic"]["combined"] == ours["combined"]
+    stale = json.loads(finished[1].read_text())  # seed 2 as if made with another stock training length
+    stale["settings"]["stock_epochs"] = 3
+    finished[1].write_text(json.dumps(stale))
+    stamps = [path.stat().st_mtime_ns for path in finished]
+    _run("stock_vs_tfcompress", argv)
+    assert finished[0].stat().st_mtime_ns == stamps[0] and finished[1].stat().st_mtime_ns != stamps[1]
+    assert json.loads(finished[1].read_text())["settings"]["stock_epochs"] == 1
 
 
 @pytest.mark.parametrize("task", ["sst2", "conll2003"])
