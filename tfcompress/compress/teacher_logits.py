@@ -98,10 +98,28 @@ def _key(fields: dict) -> str:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
+def _differing(stored: dict, fields: dict) -> list[str]:
+    """The fields (those that key the cache) where a file's stored values differ from ``fields``."""
+    return [name for name in fields if name not in _NOT_IN_KEY and stored.get(name) != fields[name]]
+
+
 def _file_stem(fields: dict) -> str:
     """A readable name: the teacher folder's last three path parts (run folders all end in .../model)."""
     parts = [part for part in Path(fields["teacher"]).parts[-3:] if part not in ("/", "")]
     return "-".join("".join(c if c.isalnum() or c in "._" else "_" for c in part) for part in parts) or "teacher"
+
+
+def _logits_fn(teacher):
+    """``features (tf tensors) -> float32 logits`` of ``teacher`` in inference mode, traced once per shape
+    family; inputs the teacher does not take are dropped."""
+    names = facts.model_input_names(teacher)
+
+    @tf.function(reduce_retracing=True)
+    def forward(features):
+        return tf.cast(teacher({k: v for k, v in features.items() if k in names}, training=False).logits,
+                       tf.float32)
+
+    return forward
 
 
 def compute_logits(teacher, data, batch_size: int = 64, rows: np.ndarray | None = None,
@@ -113,13 +131,7 @@ def compute_logits(teacher, data, batch_size: int = 64, rows: np.ndarray | None 
     ``rows`` limits the work to those rows (the others keep ``initial``'s values, NaN without it);
     ``on_progress(rows_done, logits)`` is called after every batch with the rows finished so far.
     """
-    names = facts.model_input_names(teacher)
-
-    @tf.function(reduce_retracing=True)
-    def forward(features):
-        return tf.cast(teacher({k: v for k, v in features.items() if k in names}, training=False).logits,
-                       tf.float32)
-
+    forward = _logits_fn(teacher)
     lengths = np.asarray(data.lengths(), dtype=np.int64)
     rows = np.arange(len(lengths)) if rows is None else np.asarray(rows, dtype=np.int64)
     shape = (len(lengths), int(teacher.config.num_labels))
@@ -157,13 +169,7 @@ def compute_word_logits(teacher, data, positions: Sequence[np.ndarray], batch_si
     """The teacher's logits at the first sub-token of every word: ``[total words, C]`` float32, sentence
     after sentence, word after word; NaN rows for words the teacher did not see (``positions`` -1).
     ``data``: the words encoded with the teacher's tokenizer (token task EncodedData)."""
-    names = facts.model_input_names(teacher)
-
-    @tf.function(reduce_retracing=True)
-    def forward(features):
-        return tf.cast(teacher({k: v for k, v in features.items() if k in names}, training=False).logits,
-                       tf.float32)
-
+    forward = _logits_fn(teacher)
     counts = np.array([len(p) for p in positions], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
     logits = np.full((int(counts.sum()), int(teacher.config.num_labels)), np.nan, dtype=np.float32)
@@ -237,12 +243,13 @@ class TeacherLogitCache:
     @staticmethod
     def check(path: Path, stored: dict, fields: dict, logits: np.ndarray) -> None:
         """Raise TeacherCacheError naming the first field where ``stored`` differs from ``fields``."""
-        for name in fields:
-            if name not in _NOT_IN_KEY and stored.get(name) != fields[name]:
-                raise TeacherCacheError(
-                    f"{path}: teacher-logits cache field {name!r} is {stored.get(name)!r}, this run needs "
-                    f"{fields[name]!r} (the file was made for another teacher, data or augmentation); "
-                    "delete it to recompute")
+        differ = _differing(stored, fields)
+        if differ:
+            name = differ[0]
+            raise TeacherCacheError(
+                f"{path}: teacher-logits cache field {name!r} is {stored.get(name)!r}, this run needs "
+                f"{fields[name]!r} (the file was made for another teacher, data or augmentation); "
+                "delete it to recompute")
         expected = (fields.get("num_rows", fields["num_texts"]), len(fields["teacher_labels"]))
         if logits.shape != expected:
             raise TeacherCacheError(f"{path}: logits have shape {logits.shape}, expected {expected}; delete it "
@@ -257,7 +264,7 @@ class TeacherLogitCache:
                 stored, _ = self._read(other)
             except TeacherCacheError:
                 continue
-            differ = [k for k in fields if k not in _NOT_IN_KEY and stored.get(k) != fields[k]]
+            differ = _differing(stored, fields)
             log.info("teacher logits: %s differs in %s; computing a new cache", other.name, ", ".join(differ))
             return
 
