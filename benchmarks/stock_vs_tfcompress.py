@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -160,12 +161,15 @@ def recipe_config(task: str, args, output_dir, model, data_dir, seed: int | None
     return options.config_from_args(parser.parse_args(argv), module.DEFAULTS, module.FILES, task)
 
 
-def stock_path(context: runner.Context, seq_length: int, epochs: int, folder: Path) -> dict:
+def stock_path(context: runner.Context, seq_length: int, epochs: int, folder: Path, resumable: bool = False) -> dict:
     """Train, size, convert and evaluate the hand-made path; returns its records.
 
     Seeded with the recipe's ``train.seed`` (our finetune stage's seed) before the classifier is
     initialised, so the stock model is the same whichever tfcompress stages ran (or were reused)
     earlier in this process; without it its accuracy moved with their random-number use.
+    ``resumable``: Keras' own ``BackupAndRestore`` saves the fit every ``train.checkpoint_every`` steps
+    in ``folder/fit-backup`` and a rerun continues from there (the shuffled order of the resumed epoch
+    then differs from an uninterrupted fit; the record says how many steps this process trained).
     """
     config = context.config  # same files, caps, tokenizer and test encoding as the recipe
     utils.set_seed(config.train.seed)
@@ -174,14 +178,22 @@ def stock_path(context: runner.Context, seq_length: int, epochs: int, folder: Pa
     model = loading.load_model(config.model, task=config.task, labels=context.label_names)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01))  # HF's internal loss
     timer = _FitTimer()
+    callbacks = [timer]
+    if resumable:
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(folder / "fit-backup"),
+                                                             save_freq=config.train.checkpoint_every))
     started = time.perf_counter()
     history = model.fit({**features, "labels": labels}, batch_size=config.train.batch_size, epochs=epochs,
-                        shuffle=True, verbose=0, callbacks=[timer])
+                        shuffle=True, verbose=0, callbacks=callbacks)
+    shutil.rmtree(folder / "fit-backup", ignore_errors=True)  # Keras deletes the checkpoint, not its folder
+    steps = epochs * -(-len(train) // config.train.batch_size)
+    resumed = len(timer.times) < steps  # BackupAndRestore skipped the steps an earlier process trained
+    examples = len(timer.times) * config.train.batch_size if resumed else len(train) * epochs
     training = {"examples": len(train), "epochs": epochs, "batch_size": config.train.batch_size,
-                "seed": config.train.seed,
+                "seed": config.train.seed, "resumed": resumed,
                 "padded_length": config.data.max_length, "wall_seconds": time.perf_counter() - started,
                 "step_seconds": float(np.sum(timer.times)), "steps": len(timer.times),
-                "samples_per_second": len(train) * epochs / float(np.sum(timer.times)),
+                "samples_per_second": examples / float(np.sum(timer.times)),
                 "loss_per_epoch": [float(v) for v in history.history["loss"]]}
     print(f"stock fit: {training['samples_per_second']:.1f} samples/s", flush=True)
     loading.save_model(model, context.tokenizer(), folder / "stock-keras")
@@ -202,8 +214,38 @@ def stock_path(context: runner.Context, seq_length: int, epochs: int, folder: Pa
             name, path, test, keras_logits, keras_metrics, quantization=mode, seq_length=seq_length,
             task=config.task, accuracy_budget=cfg.accuracy_budget, latency_runs=cfg.latency_runs,
             latency_warmup=cfg.latency_warmup, batch_size=cfg.batch_size)
-        artifacts[name]["path"] = f"{name}.tflite (deleted)"
+        artifacts[name]["path"] = f"stock/{name}.tflite" if resumable else f"{name}.tflite (deleted)"
     return {"training": training, "keras": keras_record, "artifacts": artifacts}
+
+
+def stock_settings(config: recipe.RecipeConfig, seq_length: int, epochs: int) -> dict:
+    """What the stock path's result depends on: a kept stock record is reused only with these."""
+    data, train = config.data, config.train
+    return {"model": config.model, "train_file": data.train_file, "test_file": data.test_file,
+            "max_train_samples": data.max_train_samples, "max_test_samples": data.max_test_samples,
+            "max_length": data.max_length, "batch_size": train.batch_size, "seed": train.seed,
+            "seq_length": seq_length, "epochs": epochs, "num_calibration": config.export.num_calibration,
+            "artifacts": list(STOCK_ARTIFACTS)}
+
+
+def kept_stock_path(context: runner.Context, seq_length: int, epochs: int, folder: Path) -> dict:
+    """:func:`stock_path` kept in ``folder``: its record (``stock.json``) and artifacts are reused when
+    made with the same settings, else the folder is made again; a fit killed before the record was
+    written resumes from Keras' backup."""
+    record_path, settings = folder / "stock.json", stock_settings(context.config, seq_length, epochs)
+    if record_path.is_file():
+        kept = json.loads(record_path.read_text())
+        if kept.get("settings") == settings:
+            print(f"stock path: reusing {record_path}", flush=True)
+            return kept["stock"]
+        print(f"stock path: {record_path} was made with other settings; training it again", flush=True)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    stock = stock_path(context, seq_length, epochs, folder, resumable=True)
+    stock["seconds"] = time.time() - started
+    utils.atomic_write_json(record_path, {"settings": settings, "stock": stock})
+    return stock
 
 
 def same_run_latency(artifacts: dict[str, tuple[Path, dict]], runs: int, warmup: int, rounds: int = 3) -> dict:
@@ -429,12 +471,16 @@ def run_task(task: str, args, folder: Path, seed: int | None = None) -> dict:
         raise SystemExit(f"{task}: --tfc-stages must include export")
     seq_length = int(export_stage["seq_length"])
     stock_seq_length = args.stock_seq_length or config.data.max_length
-    stock_dir = folder / f"stock-{task}-{seed}"
-    stock_dir.mkdir()
-    started = time.time()
     context = runner.Context(config)  # the starting model's tokenisation: the stock path's
-    stock = stock_path(context, stock_seq_length, args.stock_epochs, stock_dir)
-    stock["seconds"] = time.time() - started
+    if args.output_dir:  # kept beside the run: a finished stock path is reused, an interrupted fit resumes
+        stock_dir = output_dir / "stock"
+        stock = kept_stock_path(context, stock_seq_length, args.stock_epochs, stock_dir)
+    else:
+        stock_dir = folder / f"stock-{task}-{seed}"
+        stock_dir.mkdir()
+        started = time.time()
+        stock = stock_path(context, stock_seq_length, args.stock_epochs, stock_dir)
+        stock["seconds"] = time.time() - started
     ours = runner.Context(config)
     ours.current_model = export_stage["source_model"]  # its tokenizer: a trim stage renumbers the ids
     inputs = _artifact_inputs(context, ours, stock_dir, stock, output_dir, report.data)

@@ -232,3 +232,40 @@ def test_stock_path_is_seeded_whatever_ran_before_it(tmp_path, monkeypatch):
         losses.append(result["training"]["loss_per_epoch"])
         assert result["training"]["seed"] == config.train.seed
     assert losses[0] == losses[1]
+
+
+def test_a_killed_stock_fit_resumes_from_keras_backup(tmp_path, monkeypatch):
+    """The stock fit (an hour per seed on SST-2) continues where a killed process left it, with the
+    field's own ``BackupAndRestore``, and says so; the kept record is reused by the next run."""
+    from tfcompress.pipeline import runner
+
+    module = _module("stock_vs_tfcompress")
+    monkeypatch.setattr(module, "STOCK_ARTIFACTS", ())
+    args = module.parse_args(["--smoke", "--tasks", "sst2", "--set", "train.batch_size=8",
+                              "--set", "train.checkpoint_every=2"])
+    data_dir = module.smoke_data_dir(tmp_path, "sst2", args.max_train_samples, args.max_test_samples)
+    model_dir = module.smoke_model_dir(tmp_path, "sequence", num_labels=2)
+    config = module.recipe_config("sst2", args, tmp_path / "run", model_dir, data_dir)
+    timer = module._FitTimer
+
+    class Killed(timer):  # the process dies during the fit's fifth step
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if len(self.times) == 5:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "_FitTimer", Killed)
+    folder = tmp_path / "stock"
+    with pytest.raises(KeyboardInterrupt):
+        module.kept_stock_path(runner.Context(config), 64, 1, folder)
+    assert (folder / "fit-backup").is_dir() and not (folder / "stock.json").exists()
+    monkeypatch.setattr(module, "_FitTimer", timer)
+    stock = module.kept_stock_path(runner.Context(config), 64, 1, folder)
+    training = stock["training"]
+    assert training["resumed"] and training["steps"] == 8 - 4  # 64 sentences / 8: the steps after the backup at 4
+    assert not (folder / "fit-backup").exists() and (folder / "stock-keras").is_dir()
+    stamp = (folder / "stock.json").stat().st_mtime_ns
+    assert module.kept_stock_path(runner.Context(config), 64, 1, folder) == json.loads((folder / "stock.json").read_text())["stock"]
+    assert (folder / "stock.json").stat().st_mtime_ns == stamp
+    module.kept_stock_path(runner.Context(config), 64, 2, folder)  # other settings: trained again
+    assert json.loads((folder / "stock.json").read_text())["stock"]["training"]["epochs"] == 2
