@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from tfcompress.compress import prune
-from tfcompress.evaluate import metrics, runtime
+from tfcompress.evaluate import integer, metrics, runtime
 from tfcompress.export import selective, tflite
 from tfcompress.pipeline.runner import Context, read_manifest, stage
 from tfcompress.pipeline.stages.common import keras_predict_fn, primary_name
@@ -82,7 +82,8 @@ def export_stage(context: Context) -> dict:
             atomic_write_json(marker, {"seconds": seconds})
         artifacts.append({"name": name, "path": str(path.relative_to(context.output_dir)), "format": "tflite",
                           "quantization": quantization, "seq_length": seq_length, "sparsity": sparsity,
-                          "convert_seconds": seconds, **runtime.sizes(path)})
+                          "convert_seconds": seconds, **runtime.sizes(path),
+                          "integer_only": integer.integer_report(path)["integer_only"]})
         if name == "int8" and outliers_scaled:
             artifacts[-1]["outlier_percentile"] = outlier_percentile  # rewrites.scale_outlier_channels
 
