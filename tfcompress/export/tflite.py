@@ -91,6 +91,9 @@ class ExportConfig:
     def __post_init__(self):
         if self.mode not in EXPORT_MODES:
             raise ValueError(f"mode={self.mode!r} is not one of {EXPORT_MODES}")
+        if self.mode == "integer":
+            raise ValueError("mode='integer' is made by the LiteRT quantizer: "
+                             "tfcompress.export.litert_quantizer.to_integer_tflite")
         if not isinstance(self.seq_length, int) or self.seq_length < 2:
             raise ValueError(f"seq_length={self.seq_length!r}: must be an int >= 2 ([CLS] and [SEP])")
         if self.num_calibration < 1:

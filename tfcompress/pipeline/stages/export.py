@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tfcompress.compress import prune
 from tfcompress.evaluate import integer, metrics, runtime
-from tfcompress.export import selective, tflite
+from tfcompress.export import litert_quantizer, selective, tflite
 from tfcompress.pipeline.runner import Context, read_manifest, stage
 from tfcompress.pipeline.stages.common import keras_predict_fn, primary_name
 from tfcompress.pipeline.stages.qat import qat_model
@@ -97,6 +97,12 @@ def export_stage(context: Context) -> dict:
             if not selection and (stage_dir / "int8.selection.json").exists():  # finished before an interruption
                 selection.update(json.loads((stage_dir / "int8.selection.json").read_text()))
             artifacts[-1]["selection"] = selection
+            continue
+        if mode == "integer":
+            recipe = litert_quantizer.IntegerRecipe(int8_ops=tuple(cfg.integer_int8_ops))
+            finish(mode, mode, path, lambda path=path: litert_quantizer.to_integer_tflite(
+                model, seq_length, train, num_calibration=cfg.num_calibration, recipe=recipe, output_path=path))
+            artifacts[-1]["integer_int8_ops"] = list(recipe.int8_ops)
             continue
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: tflite.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
