@@ -33,6 +33,7 @@ from tfcompress._compat import tf
 from tfcompress.config.constants import DEFAULT_ATTENTION_MASK_FLOOR, DEFAULT_INTEGER_INT8_OPS
 from tfcompress.errors import ArtifactError
 from tfcompress.evaluate.integer import format_offenders, integer_report
+from tfcompress.export.rewrites import scale_outlier_channels
 from tfcompress.export.tflite import convert, representative_features, serving_function
 from tfcompress.models.facts import model_input_names
 from tfcompress.utils import atomic_write_bytes, get_logger
@@ -114,7 +115,7 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
                       recipe: IntegerRecipe | None = None,
                       attention_mask_floor: float = DEFAULT_ATTENTION_MASK_FLOOR,
                       input_names: Sequence[str] | None = None, output_path=None,
-                      calibration_seed: int = 0) -> bytes:
+                      calibration_seed: int = 0, outlier_percentile: float | None = None) -> bytes:
     """Export ``model`` as a mixed int8/int16 integer-only ``.tflite`` (int32 token inputs, float logits
     through one DEQUANTIZE at the output), verified from its graph before anything is written.
 
@@ -129,6 +130,11 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
         input_names: override the signature inputs.
         output_path: if given, the bytes are written there atomically (only once verified).
         calibration_seed: seed of the sample of representative examples.
+        outlier_percentile: scale each feed-forward output's outlier channels down to this percentile
+            of its channel maxima inside the Dense, and back up after the residual add
+            (:func:`tfcompress.export.rewrites.scale_outlier_channels`, the same float function): the
+            Dense's int8 output then gets a step set by ordinary channels, and the two per-channel MULs
+            run on the int16 residual path. ``None``: off. The model is restored afterwards.
 
     Returns:
         The flatbuffer bytes.
@@ -141,7 +147,13 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
         raise ValueError("mode='integer' needs representative data to calibrate ranges")
     names = list(input_names or model_input_names(model))
     samples = representative_features(representative, names, seq_length, num_calibration, calibration_seed)
-    content = quantize(float_graph(model, seq_length, names, attention_mask_floor), samples, recipe)
+    undo = scale_outlier_channels(model, samples, outlier_percentile) if outlier_percentile else None
+    try:  # the converter reads the (scaled) variables at convert()
+        float_content = float_graph(model, seq_length, names, attention_mask_floor)
+    finally:
+        if undo is not None:
+            undo()
+    content = quantize(float_content, samples, recipe)
     if output_path is not None:
         atomic_write_bytes(output_path, content)
         log.info("wrote %s (integer: int8 %s, int16 elsewhere; seq %d, %.1f MB)", output_path,
