@@ -38,7 +38,10 @@ def test_integer_export_is_integer_only_with_int8_matmuls(exported):
     for op in ("ADD", "MEAN", "RSQRT", "SOFTMAX", "GELU"):  # residual stream, LayerNorm, softmax
         assert set(report["precision"][op]) == {"int16"}, (op, report["precision"][op])
     assert report["mac_share"]["int8"] == 1.0
-    logits = runtime.TFLiteModel(path).predict(features)
+    artifact = runtime.TFLiteModel(path)
+    assert artifact.io_details()["outputs"]["logits"]["dtype"] == "float32"  # one DEQUANTIZE at the output
+    assert integer.read_graph(path)["ops"][-1]["op"] == "DEQUANTIZE"
+    logits = artifact.predict(features)
     spread = float(reference.max() - reference.min())
     # Measured on this model: max 0.63, mean 0.081 of the logit spread (all-int16 recipe: 0.58/0.075; the
     # tiny random model's LayerNorm variance chain dominates, see docs/integer.md).

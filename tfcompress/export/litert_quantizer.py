@@ -56,14 +56,17 @@ class IntegerRecipe:
         int8_regex: a regex over the op's output tensor names that the ``int8_ops`` rule applies to
             (``.*``: every such op; e.g. ``layer_\\._[1-5]/`` leaves the first layer's in int16).
         int16_regex: where every other op gets int16 activations x int8 weights.
+        float_logits: leave the graph's output float (one DEQUANTIZE before it), so MediaPipe's
+            TextClassifier and float-expecting apps read it; False: int16 logits (integer I/O).
     """
     int8_ops: tuple[str, ...] = DEFAULT_INTEGER_INT8_OPS
     int8_regex: str = ".*"
     int16_regex: str = ".*"
+    float_logits: bool = True
 
     def apply(self, quantizer) -> None:
         """Add the rules to an ``ai_edge_quantizer.quantizer.Quantizer`` (later rules win where both match)."""
-        from ai_edge_quantizer import qtyping  # optional dependency (requirements-integer.txt)
+        from ai_edge_quantizer import algorithm_manager, qtyping  # optional dependency (requirements-integer.txt)
 
         operations = []
         for op in self.int8_ops:
@@ -76,6 +79,9 @@ class IntegerRecipe:
                                     activation_num_bits=16, weight_num_bits=8)
         for operation in operations:
             quantizer.add_static_config(self.int8_regex, operation, activation_num_bits=8, weight_num_bits=8)
+        if self.float_logits:  # one DEQUANTIZE at the output: float logits, as the other modes give
+            quantizer.update_quantization_recipe(".*", qtyping.TFLOperationName.OUTPUT,
+                                                 algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
 
 
 def float_graph(model, seq_length: int, input_names: Sequence[str] | None = None,
