@@ -58,6 +58,10 @@ class IntegerRecipe:
         int16_regex: where every other op gets int16 activations x int8 weights.
         float_logits: leave the graph's output float (one DEQUANTIZE before it), so MediaPipe's
             TextClassifier and float-expecting apps read it; False: int16 logits (integer I/O).
+
+    Example:
+        >>> recipe = IntegerRecipe(int8_ops=("FULLY_CONNECTED",))  # attention matmuls in int16
+        >>> to_integer_tflite(model, seq_length=64, representative=train, recipe=recipe)
     """
     int8_ops: tuple[str, ...] = DEFAULT_INTEGER_INT8_OPS
     int8_regex: str = ".*"
