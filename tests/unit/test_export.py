@@ -352,8 +352,9 @@ def test_parity_gate_blocks_regressed_artifact(tmp_path, tiny_tokenizer):
     assert good_record["passed"] and good_record["agreement"] == 1.0
     assert not bad_record["passed"] and bad_record["agreement"] == 0.0
     expected_keys = {"name", "path", "format", "quantization", "seq_length", "sparsity", "size_bytes",
-                     "gzip_bytes", "metrics", "agreement", "latency_ms", "float_ops", "passed"}
+                     "gzip_bytes", "metrics", "agreement", "latency_ms", "float_ops", "integer_only", "integer_check", "passed"}
     assert expected_keys <= set(good_record)
+    assert good_record["integer_only"] is False  # fp32: every op computes in float
     assert good_record["path"] == "good.tflite"
     assert set(good_record["latency_ms"]) == {"threads1", "threads2"}
     assert 0 < good_record["gzip_bytes"] < good_record["size_bytes"]

@@ -8,6 +8,8 @@ from conftest import build_tiny_model
 from tfcompress.export import rewrites
 from tfcompress.export import tflite
 
+NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
 
 def _padded_features():
     ids = np.array([[2, 7, 8, 9, 3, 0, 0, 0], [2, 10, 3, 0, 0, 0, 0, 0]], np.int32)
@@ -30,6 +32,23 @@ def test_explicit_layer_norms_keep_float_outputs_and_drop_squared_difference():
     assert "SquaredDifference" not in op_types and "Abs" in op_types
     concrete = tflite.serving_function(model, 8, ["input_ids", "attention_mask", "token_type_ids"])
     assert "SquaredDifference" in {op.type for op in concrete.graph.get_operations()}  # undone
+
+
+def test_integer_graph_rewrites_keep_float_outputs_and_drop_the_ops_without_integer_rules():
+    model = build_tiny_model("sequence", "bert")
+    features = _padded_features()
+    with rewrites.quantization_friendly(model):
+        floored = model(features, training=False).logits.numpy()
+    with rewrites.quantization_friendly(model, integer_only=True):
+        gathered = model(features, training=False).logits.numpy()
+    np.testing.assert_allclose(gathered, floored, atol=1e-5)  # same mask floor, same LayerNorm function
+    np.testing.assert_allclose(gathered, model(features, training=False).logits.numpy(), atol=1e-4)
+    integer_ops = [op.type for op in
+                   tflite.serving_function(model, 8, NAMES, friendly=True, integer_only=True).graph.get_operations()]
+    friendly_ops = [op.type for op in tflite.serving_function(model, 8, NAMES, friendly=True).graph.get_operations()]
+    assert not {"SquaredDifference", "Abs"} & set(integer_ops), integer_ops
+    assert integer_ops.count("GatherV2") == friendly_ops.count("GatherV2") + 1  # the mask's table lookup
+    assert "Abs" in friendly_ops  # the int16x8 path is unchanged
 
 
 def test_mask_floor_refuses_distilbert_and_positive_floor():

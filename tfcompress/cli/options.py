@@ -180,7 +180,7 @@ def add_qat_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -
 def add_export_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
     group = parser.add_argument_group("export (stage 'export'; more: --set export.FIELD)")
     group.add_argument("--export", type=_export_modes, default=list(defaults.export.modes), metavar="MODES",
-                       help="comma-separated TFLite modes among fp32,fp16,dynamic,int8,int16x8 "
+                       help=f"comma-separated TFLite modes among {','.join(EXPORT_MODES)} "
                             f"(default: {','.join(defaults.export.modes)})")
     group.add_argument("--seq-length", type=int, default=defaults.export.seq_length,
                        help="fixed sequence length of the artifacts; 0 = the 99th percentile of the training "

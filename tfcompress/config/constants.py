@@ -15,12 +15,13 @@ class ExportMode(str, enum.Enum):
     DYNAMIC = "dynamic"
     INT8 = "int8"
     INT16X8 = "int16x8"
+    INTEGER = "integer"  # mixed int8/int16, integer-only, by the LiteRT quantizer (export.litert_quantizer)
 
 
 EXPORT_MODES = tuple(mode.value for mode in ExportMode)
 MODEL_STAGES = ("finetune", "distill", "prune", "trim", "qat")  # stages that save a model for the next one
 STAGE_ORDER = ("teacher", "finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "release")
-QUANTIZED_ACTIVATION_MODES = ("int8", "int16x8")
+QUANTIZED_ACTIVATION_MODES = ("int8", "int16x8")  # the stock converter's calibrated modes
 IO_TYPES = ("float", "int8")
 SIGNATURE_KEY = "serving_default"
 # release.tflite_metadata: "auto" packs MediaPipe metadata where the artifact fits and mediapipe is
@@ -48,6 +49,8 @@ LAYER_NORM_OPS = ("MEAN", "RSQRT", "ABS", "SQUARED_DIFFERENCE", "SUB", "MUL", "A
 # attention matmuls, SOFTMAX and GELU (XNNPACK has no int8 kernels for those three).
 DEFAULT_INT8_FLOAT_OPS = LAYER_NORM_OPS + ("BATCH_MATMUL", "SOFTMAX", "GELU")
 DEFAULT_OUTLIER_PERCENTILE = 90.0
+# The integer export's int8 x int8 op types (nearly all the MACs); every other op gets int16 activations.
+DEFAULT_INTEGER_INT8_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
 # A trained dense kernel has no exact zeros; a pruned one (prune.strip) has >= its sparsity. The
 # same 1 % rule as prune.sparsity_report decides which kernels count as pruned.
 PRUNED_ZERO_FRACTION = 0.01

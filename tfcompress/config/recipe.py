@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from dataclasses import dataclass, field
 
-from tfcompress.config.constants import (DEFAULT_INT8_FLOAT_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES, STAGE_ORDER,
+from tfcompress.config.constants import (DEFAULT_INT8_FLOAT_OPS, DEFAULT_INTEGER_INT8_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES, STAGE_ORDER,
                                         TFLITE_METADATA_MODES)
 from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, TrainConfig
 from tfcompress.utils import to_json
@@ -119,7 +120,9 @@ class ExportStageConfig:
     """Which TFLite artifacts to write.
 
     Args:
-        modes: any of ``fp32``, ``fp16``, ``dynamic``, ``int8`` (full integer), ``int16x8``.
+        modes: any of ``fp32``, ``fp16``, ``dynamic``, ``int8`` (float islands by default), ``int16x8``,
+            ``integer`` (mixed int8/int16, integer-only, by the LiteRT quantizer: ``pip install
+            -r requirements-integer.txt``; docs/integer.md).
         seq_length: fixed sequence length of every artifact; 0 = the ``seq_percentile`` of the
             training lengths (capped at ``data.max_length``), stated in the export record.
         seq_percentile: percentile used when ``seq_length`` is 0.
@@ -143,11 +146,17 @@ class ExportStageConfig:
             residual add (``export.rewrites.scale_outlier_channels``: the same float function; needs MUL
             and ADD in ``int8_float_ops``). 0 = off. 50 %-pruned SST-2 MiniLM at seq 44: int8 0.8727 ->
             0.8956 (Keras 0.8956); CoNLL-2003 entity F1 0.8446 -> 0.8627 (benchmarks/RESULTS.md, 2026-11-25).
+        integer_int8_ops: op types the ``integer`` artifact runs int8 activations x int8 weights (the
+            rest: int16 activations x int8 weights); ``export.litert_quantizer.IntegerRecipe``.
+        integer_outlier_percentile: the ``integer`` artifact scales the feed-forward outputs' outlier
+            channels as ``int8_outlier_percentile`` does, the scale and unscale MULs running on its int16
+            residual path. 0 = off. SST-2 3-layer student, test.tsv: agreement with Keras 0.9644 -> 0.9782.
     """
 
-    # int16x8 is opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer SST-2 model
-    # at seq 44: 180 ms per sentence against 3.6 ms for dynamic-range; RESULTS.md, 2026-11-25).
-    modes: list[str] = field(default_factory=lambda: [m for m in EXPORT_MODES if m != "int16x8"])
+    # int16x8 and integer are opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer
+    # SST-2 model at seq 44: 180 ms per sentence against 3.6 ms for dynamic-range; RESULTS.md,
+    # 2026-11-25), and integer needs the optional LiteRT quantizer.
+    modes: list[str] = field(default_factory=lambda: [m for m in EXPORT_MODES if m not in ("int16x8", "integer")])
     seq_length: int = 0
     seq_percentile: float = 99.0
     num_calibration: int = 200
@@ -156,6 +165,8 @@ class ExportStageConfig:
     int8_select_budget: float = 0.0
     int8_select_examples: int = 1000
     int8_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
+    integer_int8_ops: list[str] = field(default_factory=lambda: list(DEFAULT_INTEGER_INT8_OPS))
+    integer_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
 
     def validate(self) -> None:
         unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
@@ -172,11 +183,17 @@ class ExportStageConfig:
             raise ConfigError(f"export.io_type={self.io_type!r}: must be 'float' or 'int8'")
         if not self.int8_select_budget >= 0:
             raise ConfigError(f"export.int8_select_budget={self.int8_select_budget!r}: must be >= 0 points (0 = off)")
-        if not 0 <= self.int8_outlier_percentile <= 100:
-            raise ConfigError(f"export.int8_outlier_percentile={self.int8_outlier_percentile!r}: must be in "
-                             "(0, 100], or 0 for off")
+        for name in ("int8_outlier_percentile", "integer_outlier_percentile"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ConfigError(f"export.{name}={getattr(self, name)!r}: must be in (0, 100], or 0 for off")
         if self.int8_select_examples < 1:
             raise ConfigError(f"export.int8_select_examples={self.int8_select_examples!r}: must be >= 1")
+        if not all(isinstance(op, str) and op.isupper() for op in self.integer_int8_ops):
+            raise ConfigError(f"export.integer_int8_ops={self.integer_int8_ops!r}: must be TFLite op type names "
+                              "such as FULLY_CONNECTED")
+        if "integer" in self.modes and importlib.util.find_spec("ai_edge_quantizer") is None:
+            raise ConfigError("export.modes has 'integer', made by the LiteRT quantizer, which is not installed: "
+                              "pip install -r requirements-integer.txt")
 
 
 @dataclass

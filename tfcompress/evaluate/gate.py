@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.evaluate.integer import record_fields
 from tfcompress.evaluate.metrics import agreement, compute_metrics, predict_logits, primary_metric
 from tfcompress.evaluate.runtime import TFLiteModel, float_ops, sizes
 from tfcompress.utils import get_logger
@@ -78,8 +79,10 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
     Returns:
         The record: name, path, format, quantization, seq_length, sparsity,
         size_bytes, gzip_bytes, metrics, agreement, latency_ms, float_ops, passed
-        (plus reference_metric and primary_metric for the reader, and xnnpack_partitions: how
-        many pieces the CPU runtime's XNNPACK delegate runs, see :func:`xnnpack_partitions`).
+        (plus reference_metric and primary_metric for the reader; xnnpack_partitions: how many
+        pieces the CPU runtime's XNNPACK delegate runs, see :func:`xnnpack_partitions`; ``integer_only``
+        and ``integer_check``: the integer-only verdict read from the graph, its offending ops and the
+        per-op-type precision table, see :func:`tfcompress.evaluate.integer.integer_report`).
     """
     artifact = TFLiteModel(path, num_threads=2)
     logits = predict_logits(artifact.predict, data, batch_size=batch_size, pad_to=seq_length,
@@ -119,6 +122,7 @@ def artifact_record(name: str, path, data, keras_logits, reference_metrics: dict
         "logit_error": logit_error(*on_split, task),
         "latency_ms": latency,
         "float_ops": float_ops(path),
+        **record_fields(path),
         "xnnpack_partitions": artifact.xnnpack_partitions(),
         "passed": (parity_gate(metrics[metric_name], reference_metrics[metric_name], accuracy_budget)
                    and agreed >= min_agreement),

@@ -1,4 +1,4 @@
-"""Graph rewrites before conversion: attention-mask floor, explicit LayerNorm, outlier scaling.
+"""Graph rewrites before conversion: attention-mask floor (or gathered mask), explicit LayerNorm, outlier scaling.
 """
 from __future__ import annotations
 
@@ -75,13 +75,22 @@ def restore_call(layer, previous) -> None:
         layer.call = previous
 
 
-def explicit_layer_norms(model):
+def explicit_layer_norms(model, through_abs: bool = True):
     """Make every ``LayerNormalization`` compute ``(x - mean) * rsqrt(mean((x - mean)^2) + eps)``.
 
-    Same float function, different ops: Keras' path lowers to ``SQUARED_DIFFERENCE``, which has no
-    int16 kernel in TFLite (``int16x8`` artifacts fail at invoke with "SquaredDifference only
-    supports FLOAT32 and INT32"); the explicit form is SUB/ABS/MUL/MEAN/RSQRT, which all have int8
-    and int16 kernels. Returns an undo callable.
+    Same float function, different ops: Keras' path (``tf.nn.moments``) lowers to
+    ``SQUARED_DIFFERENCE``, which has no int16 kernel in TFLite (``int16x8`` artifacts fail at invoke
+    with "SquaredDifference only supports FLOAT32 and INT32") and no int16 rule in the LiteRT
+    quantizer; the explicit form is SUB/MUL/MEAN/RSQRT, which all have int8 and int16 kernels.
+
+    Args:
+        model: a built Keras/HF TF model.
+        through_abs: square the centred values as ``|c| * |c|`` (the ``int16x8`` converter path) rather
+            than ``c * c``. The LiteRT quantizer has no rule for ABS, so the integer export passes False;
+            a float conversion keeps ``c * c`` a MUL (checked by the integer export's tests).
+
+    Returns:
+        An undo callable.
     """
     undos = []
     for layer in _layer_norms(model):
@@ -95,7 +104,7 @@ def explicit_layer_norms(model):
             centered = inputs - mean
             # |x|*|x| rather than x*x: the TFLite converter rewrites (a-b)*(a-b) back into
             # SQUARED_DIFFERENCE, which has no int16 kernel; ABS blocks that fusion.
-            magnitude = tf.abs(centered)
+            magnitude = tf.abs(centered) if through_abs else centered
             variance = tf.reduce_mean(magnitude * magnitude, axis=axes, keepdims=True)
             outputs = centered * tf.math.rsqrt(variance + _layer.epsilon)
             if _layer.scale:
@@ -258,9 +267,55 @@ def scale_outlier_channels(model, features, percentile: float = DEFAULT_OUTLIER_
     return undo
 
 
+def gathered_attention_mask(model, floor: float = DEFAULT_ATTENTION_MASK_FLOOR):
+    """Make the encoder's additive attention mask a GATHER of ``[floor, 0]`` by the int mask (undo callable).
+
+    HF BERT builds it as ``(1 - cast(mask, float)) * -10000``: a float CAST that an integer graph cannot
+    hold (the LiteRT quantizer has no CAST rule) and a 10,000-wide range. Here the main layer's int
+    ``attention_mask`` (0 = padding, 1 = token; other values are out of the table's range) indexes a
+    two-row constant table instead, which the quantizer treats like an embedding lookup; the floored
+    value is the one :func:`floor_attention_mask` gives, so float outputs match it. The model's own
+    CAST path is then unused and the converter drops it.
+
+    Args:
+        model: HF TF BERT-family model (BERT, RoBERTa, ELECTRA, MPNet: a main layer with an ``.encoder``).
+        floor: negative additive mask value at padded positions.
+    """
+    if not floor < 0:
+        raise ValueError(f"floor={floor!r}: must be negative")
+    encoder = _encoder_of(model)
+    main = getattr(model, model.base_model_prefix)
+    previous_main, previous_encoder = vars(main).get("call"), vars(encoder).get("call")
+    main_call, encoder_call = main.call, encoder.call
+    seen = {}
+
+    def call_main(*args, **kwargs):
+        seen["mask"] = kwargs.get("attention_mask")
+        try:
+            return main_call(*args, **kwargs)
+        finally:
+            seen.pop("mask", None)
+
+    def call_encoder(hidden_states, attention_mask=None, *args, **kwargs):
+        mask = seen.get("mask")
+        if mask is not None and attention_mask is not None:
+            table = tf.constant([floor, 0.0], dtype=hidden_states.dtype)
+            additive = tf.gather(table, tf.cast(mask, tf.int32))
+            attention_mask = tf.reshape(additive, [tf.shape(mask)[0], 1, 1, tf.shape(mask)[1]])
+        return encoder_call(hidden_states, attention_mask, *args, **kwargs)
+
+    main.call, encoder.call = call_main, call_encoder
+
+    def undo():
+        restore_call(encoder, previous_encoder)
+        restore_call(main, previous_main)
+
+    return undo
+
+
 @contextlib.contextmanager
 def quantization_friendly(model, attention_mask_floor: float | None = DEFAULT_ATTENTION_MASK_FLOOR,
-                          explicit_layer_norm: bool = True):
+                          explicit_layer_norm: bool = True, integer_only: bool = False):
     """Context manager: within it, ``model`` runs (and traces) as a quantization-friendly graph.
 
     Args:
@@ -268,13 +323,19 @@ def quantization_friendly(model, attention_mask_floor: float | None = DEFAULT_AT
         attention_mask_floor: floor of the additive attention mask (None: leave it).
         explicit_layer_norm: rewrite LayerNorm without SQUARED_DIFFERENCE (see
             :func:`explicit_layer_norms`).
+        integer_only: the graph the integer export quantizes: the mask as a GATHER
+            (:func:`gathered_attention_mask`, needs ``attention_mask_floor``) and LayerNorm without ABS.
     """
+    if integer_only and attention_mask_floor is None:
+        raise ValueError("integer_only needs an attention_mask_floor: the gathered mask's padded value")
     undos = []
     try:
-        if attention_mask_floor is not None:
+        if integer_only:
+            undos.append(gathered_attention_mask(model, attention_mask_floor))
+        elif attention_mask_floor is not None:
             undos.append(floor_attention_mask(model, attention_mask_floor))
         if explicit_layer_norm:
-            undos.append(explicit_layer_norms(model))
+            undos.append(explicit_layer_norms(model, through_abs=not integer_only))
         yield model
     finally:
         for undo in reversed(undos):

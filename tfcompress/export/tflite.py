@@ -91,6 +91,9 @@ class ExportConfig:
     def __post_init__(self):
         if self.mode not in EXPORT_MODES:
             raise ValueError(f"mode={self.mode!r} is not one of {EXPORT_MODES}")
+        if self.mode == "integer":
+            raise ValueError("mode='integer' is made by the LiteRT quantizer: "
+                             "tfcompress.export.litert_quantizer.to_integer_tflite")
         if not isinstance(self.seq_length, int) or self.seq_length < 2:
             raise ValueError(f"seq_length={self.seq_length!r}: must be an int >= 2 ([CLS] and [SEP])")
         if self.num_calibration < 1:
@@ -119,7 +122,8 @@ class ExportConfig:
 
 def serving_function(model, seq_length: int, input_names: Sequence[str] | None = None,
                      friendly: bool = False,
-                     attention_mask_floor: float | None = DEFAULT_ATTENTION_MASK_FLOOR):
+                     attention_mask_floor: float | None = DEFAULT_ATTENTION_MASK_FLOOR,
+                     integer_only: bool = False):
     """A concrete function ``{name: int32[1, seq_length]} -> {"logits": float32[1, ...]}``.
 
     Args:
@@ -128,6 +132,7 @@ def serving_function(model, seq_length: int, input_names: Sequence[str] | None =
         input_names: signature inputs; default :func:`input_names_for`.
         friendly: trace through :func:`tfcompress.quantize.quantization_friendly`.
         attention_mask_floor: its mask floor (None: keep the model's constant).
+        integer_only: with ``friendly``, the integer export's graph (gathered mask, LayerNorm without ABS).
     """
     names = list(input_names or model_input_names(model))
     specs = {name: tf.TensorSpec([1, seq_length], tf.int32, name=name) for name in names}
@@ -138,7 +143,7 @@ def serving_function(model, seq_length: int, input_names: Sequence[str] | None =
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         return {OUTPUT_NAME: tf.identity(logits, name=OUTPUT_NAME)}
 
-    guard = (quantization_friendly(model, attention_mask_floor) if friendly
+    guard = (quantization_friendly(model, attention_mask_floor, integer_only=integer_only) if friendly
              else contextlib.nullcontext())
     with guard:
         return serve.get_concrete_function()

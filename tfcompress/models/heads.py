@@ -46,10 +46,17 @@ def masked_mean(hidden_states, attention_mask):
     ``max_length`` tokens, and no int8 DIV follows it. On the SST-2 MiniLM (trimmed, seq 44, same
     calibration) both forms gave the same int8 accuracy (0.8739 vs Keras 0.8922): the int8 loss of
     this head is elsewhere (the Dense activations, benchmarks/RESULTS.md), so the form is a safeguard
-    for longer inputs, not a measured gain."""
+    for longer inputs, not a measured gain.
+
+    An integer mask (0/1) is turned into weights by a GATHER of ``[0, 1]`` rather than a CAST: the
+    same values, and an op an integer-only graph can hold (the LiteRT quantizer has no CAST rule)."""
     if attention_mask is None:
         return tf.reduce_mean(hidden_states, axis=1)
-    mask = tf.cast(attention_mask, hidden_states.dtype)[:, :, None]
+    attention_mask = tf.convert_to_tensor(attention_mask)
+    if attention_mask.dtype.is_integer:
+        mask = tf.gather(tf.constant([0.0, 1.0], hidden_states.dtype), tf.cast(attention_mask, tf.int32))[:, :, None]
+    else:
+        mask = tf.cast(attention_mask, hidden_states.dtype)[:, :, None]
     count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), tf.cast(1.0, hidden_states.dtype))
     return tf.reduce_sum(hidden_states * (mask / count), axis=1)
 

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from tfcompress.compress import prune
-from tfcompress.evaluate import metrics, runtime
-from tfcompress.export import selective, tflite
+from tfcompress.evaluate import integer, metrics, runtime
+from tfcompress.export import litert_quantizer, selective, tflite
 from tfcompress.pipeline.runner import Context, read_manifest, stage
 from tfcompress.pipeline.stages.common import keras_predict_fn, primary_name
 from tfcompress.pipeline.stages.qat import qat_model
@@ -82,7 +82,8 @@ def export_stage(context: Context) -> dict:
             atomic_write_json(marker, {"seconds": seconds})
         artifacts.append({"name": name, "path": str(path.relative_to(context.output_dir)), "format": "tflite",
                           "quantization": quantization, "seq_length": seq_length, "sparsity": sparsity,
-                          "convert_seconds": seconds, **runtime.sizes(path)})
+                          "convert_seconds": seconds, **runtime.sizes(path),
+                          "integer_only": integer.integer_report(path)["integer_only"]})
         if name == "int8" and outliers_scaled:
             artifacts[-1]["outlier_percentile"] = outlier_percentile  # rewrites.scale_outlier_channels
 
@@ -96,6 +97,14 @@ def export_stage(context: Context) -> dict:
             if not selection and (stage_dir / "int8.selection.json").exists():  # finished before an interruption
                 selection.update(json.loads((stage_dir / "int8.selection.json").read_text()))
             artifacts[-1]["selection"] = selection
+            continue
+        if mode == "integer":
+            recipe = litert_quantizer.IntegerRecipe(int8_ops=tuple(cfg.integer_int8_ops))
+            finish(mode, mode, path, lambda path=path: litert_quantizer.to_integer_tflite(
+                model, seq_length, train, num_calibration=cfg.num_calibration, recipe=recipe, output_path=path,
+                outlier_percentile=cfg.integer_outlier_percentile or None))
+            artifacts[-1].update(integer_int8_ops=list(recipe.int8_ops),
+                                 outlier_percentile=cfg.integer_outlier_percentile or None)
             continue
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: tflite.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
