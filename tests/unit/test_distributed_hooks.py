@@ -137,12 +137,12 @@ def test_mirrored_pruning_gives_the_single_device_masks_and_weights(prune_distil
 def test_mirrored_qat_keeps_one_range_per_variable_close_to_the_single_device_run(tmp_path_factory, tiny_vocab_dir):
     """TFMOT updates each output range by a moving average of the batch min/max; under a strategy each
     replica sees half the batch and the update is the mean over replicas (the variables aggregate
-    with MEAN), so the ranges differ slightly from one device's: relative 1e-3 allowed."""
+    with MEAN), so the ranges differ slightly from one device's (observed: relative 1e-5): 1e-4 allowed."""
     qat_run = _mirrored_run("qat", tmp_path_factory, tiny_vocab_dir)
     assert qat_run["moved"] > 1e-3 and qat_run["ranges_moved"]
     assert qat_run["ranges_per_replica_equal"]
-    assert qat_run["range_relative"] < 1e-3
-    assert qat_run["weights"] < 1e-4
+    assert qat_run["range_relative"] < 1e-4
+    assert qat_run["weights"] < WEIGHT_TOLERANCE
 
 
 def test_mirrored_distillation_trains_the_student_like_one_device_and_leaves_the_teacher(prune_distill_run):
