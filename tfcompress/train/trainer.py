@@ -201,7 +201,6 @@ class Trainer:
         self._best_checkpoint = tf.train.Checkpoint(model=self.model)
         self._best_manager = tf.train.CheckpointManager(self._best_checkpoint, str(self.output_dir / "best"),
                                                         max_to_keep=1)
-        self._step_fn = self._make_step_fn()
         if self._accumulators is not None:
             self._apply_fn = self._make_apply_fn()
 
@@ -209,7 +208,10 @@ class Trainer:
     def _inner_optimizer(self):
         return getattr(self.optimizer, "inner_optimizer", self.optimizer)
 
-    def _make_step_fn(self):
+    def _make_step_fn(self, element_spec):
+        """The compiled step, traced once for ``element_spec`` (batch and length dimensions None): every
+        worker of a cluster must trace it the same number of times, since each trace numbers its
+        collectives, and per-worker batch shapes differ."""
         config = self.config
         accumulate = self._accumulators is not None
         strategy = self.strategy
@@ -256,7 +258,7 @@ class Trainer:
             return {k: strategy.reduce(tf.distribute.ReduceOp.SUM if k in summed else tf.distribute.ReduceOp.MEAN,
                                        v, axis=None) for k, v in per_replica.items()}
 
-        return tf.function(distributed_step, jit_compile=config.jit_compile, reduce_retracing=True)
+        return tf.function(distributed_step, input_signature=list(element_spec), jit_compile=config.jit_compile)
 
     def _make_apply_fn(self):
         config = self.config
@@ -362,7 +364,9 @@ class Trainer:
             skip = (self.global_step - epoch * self.steps_per_epoch) * accum if epoch == start_epoch else 0
             micro = 0
             window_start = time.perf_counter()
-            for features, labels in self._dataset(train, epoch, skip):
+            dataset = self._dataset(train, epoch, skip)
+            self._step_fn = self._step_fn or self._make_step_fn(dataset.element_spec)
+            for features, labels in dataset:
                 if micro == 0:
                     step = self.global_step
                     if config.profile_steps and step == config.profile_steps[0]:
