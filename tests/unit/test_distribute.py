@@ -69,3 +69,16 @@ def test_launch_fails_with_the_code_of_a_failing_worker(tmp_path):
 def test_launch_runs_tfcompress_commands_with_this_python():
     assert launch.worker_command(["tfcompress", "run", "sst2"]) == [sys.executable, "-m", "tfcompress.cli", "run", "sst2"]
     assert launch.worker_command(["python", "recipes/sst2.py"]) == ["python", "recipes/sst2.py"]
+
+
+def test_only_errors_that_name_a_lost_peer_become_a_worker_lost_error():
+    from tfcompress._compat import tf
+
+    assert distribute.is_peer_failure(tf.errors.UnavailableError(None, None, "tasks are unhealthy"))
+    assert distribute.is_peer_failure(tf.errors.InvalidArgumentError(
+        None, None, "Graph execution error: Additional GRPC error information from remote target /job:worker"))
+    assert not distribute.is_peer_failure(tf.errors.InvalidArgumentError(None, None, "Incompatible shapes"))
+    lost = distribute.WorkerLost("finetune", 9, "run/finetune/checkpoints/ckpt-8",
+                                 tf.errors.UnavailableError(None, None, "task 1 stopped\nmore"))
+    assert str(lost) == ("a worker of the cluster stopped during finetune at step 9 (UnavailableError: task 1 "
+                         "stopped); rerun the same command on every worker to resume from run/finetune/checkpoints/ckpt-8")

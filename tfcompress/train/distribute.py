@@ -37,6 +37,7 @@ import numpy as np
 
 from tfcompress._compat import tf
 from tfcompress.config.constants import IGNORE_INDEX
+from tfcompress.errors import TfcompressError
 from tfcompress.utils import get_logger
 
 log = get_logger("train")
@@ -45,6 +46,30 @@ WORKER_DIR_PREFIX = "tfcompress-worker-"
 # A peer that died leaves the others waiting in an all-reduce; after this many seconds TensorFlow's
 # collective times out and raises instead of hanging (tf.distribute CommunicationOptions).
 COLLECTIVE_TIMEOUT_SECONDS = 60
+
+
+class WorkerLost(TfcompressError):
+    """Another worker of the cluster stopped (killed, crashed, unreachable) during training."""
+
+    def __init__(self, stage: str, step: int, checkpoint: str | None, error: Exception):
+        first_line = str(getattr(error, "message", error)).strip().splitlines()[0][:300]
+        resume = (f"rerun the same command on every worker to resume from {checkpoint}" if checkpoint else
+                  "rerun the same command on every worker")
+        super().__init__(f"a worker of the cluster stopped during {stage} at step {step} "
+                         f"({type(error).__name__}: {first_line}); {resume}")
+
+
+# what TensorFlow's collectives raise when a peer is gone or silent past the timeout; a closed gRPC
+# socket can also come back as another OpError naming the remote task
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+               tf.errors.AbortedError)
+
+
+def is_peer_failure(error: Exception) -> bool:
+    """Whether a TensorFlow error says another worker is gone (not a bug of this process)."""
+    if isinstance(error, PEER_ERRORS):
+        return True
+    return isinstance(error, tf.errors.OpError) and ("GRPC" in str(error) or "unhealthy" in str(error))
 
 
 def cluster_from_environment() -> dict | None:

@@ -342,7 +342,12 @@ class Trainer:
         progress = _progress(self.total_steps, self.global_step, self.stage)
         stop_signal = StopSignal()
         with stop_signal:
-            result = self._train_loop(train, eval, tracker, primary, progress, stop_signal, resumed_from)
+            try:
+                result = self._train_loop(train, eval, tracker, primary, progress, stop_signal, resumed_from)
+            except tf.errors.OpError as error:
+                if distribute.num_workers(self.strategy) == 1 or not distribute.is_peer_failure(error):
+                    raise
+                raise distribute.WorkerLost(self.stage, self.global_step, self._manager.latest_checkpoint, error) from error
         if self._owns_worker_dir:
             distribute.remove_worker_dir(self.output_dir)
         return result
