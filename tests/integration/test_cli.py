@@ -22,7 +22,7 @@ def _subparsers():
 
 def test_every_subcommand_is_there():
     assert set(_subparsers()) == set(cli.SUBCOMMANDS) == {
-        "finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "bench", "run", "env"}
+        "finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "bench", "run", "env", "launch"}
 
 
 @pytest.mark.parametrize("command", cli.SUBCOMMANDS)

@@ -40,6 +40,8 @@ def test_loss_decreases_and_accuracy_rises_on_separable_task(tmp_path, sst_encod
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert result["metrics"]["accuracy"] == 1.0
     assert result["steps"] == 60
+    # one trace for every batch shape: workers of a cluster must trace alike (each trace numbers its collectives)
+    assert trainer._step_fn.experimental_get_tracing_count() <= 2  # 2: the first call creates the optimizer slots
 
 
 class _Interrupt(Hook):

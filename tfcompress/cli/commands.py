@@ -10,6 +10,7 @@
     tfcompress evaluate --train-file train.csv --test-file test.csv --output-dir runs/mine --release
     tfcompress bench runs/mine/export/int8.tflite --threads 1,2
     tfcompress env
+    tfcompress launch --workers 2 -- tfcompress run sst2 --smoke      # 2 local workers (TF_CONFIG)
 
 Stage commands run one stage of the pipeline (:mod:`tfcompress.pipeline`) in ``--output-dir``; the
 model they start from is ``--model``, or by default the model the latest earlier stage saved in that
@@ -25,7 +26,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from tfcompress.cli import bench, env, options
+from tfcompress.cli import bench, env, launch, options
 from tfcompress.cli.formatting import FORMATTER
 from tfcompress.config import RecipeConfig
 
@@ -159,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(subparsers)
     _run_parser(subparsers)
     env.add_parser(subparsers)
+    launch.add_parser(subparsers)
     return parser
 
 
-SUBCOMMANDS = ("finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "bench", "run", "env")
+SUBCOMMANDS = ("finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "bench", "run", "env", "launch")
 
 
 def main(argv=None) -> int:

@@ -39,6 +39,7 @@ from typing import Callable
 from tfcompress.config.constants import MODEL_STAGES, STAGE_ORDER
 from tfcompress.config.recipe import RecipeConfig
 from tfcompress.config.training import TrainConfig
+from tfcompress.train import distribute
 from tfcompress.train.trainer import set_mixed_precision
 from tfcompress.data import encoding, readers
 from tfcompress.evaluate import metrics
@@ -363,8 +364,17 @@ def run(config: RecipeConfig) -> Report:
 
     After each stage ``report.md`` and ``tradeoff.png`` are rewritten beside ``report.json``; at the
     end TensorBoard (``OUTPUT/tensorboard/summary``) gets the table and the metrics.
+
+    When ``TF_CONFIG`` names a cluster, the training stages run under ``MultiWorkerMirroredStrategy``
+    on every worker (:mod:`tfcompress.train.distribute`). The chief writes the run folder and runs the
+    stages after the last training stage alone; another worker runs the chain up to that stage in a
+    local folder of its own, deletes it and returns its report.
     """
     config.validate()
+    strategy = distribute.strategy_from_environment()  # first: before any TensorFlow op of the process
+    chief = distribute.is_chief(strategy)
+    if not chief:
+        config = dataclasses.replace(config, output_dir=str(distribute.worker_dir(config.output_dir, strategy)))
     context = Context(config)
     check_inputs(context)
     with contextlib.ExitStack() as held:
@@ -375,7 +385,12 @@ def run(config: RecipeConfig) -> Report:
         except OSError as error:
             raise InputError(f"output_dir={str(context.output_dir)!r} (--output-dir): cannot write there "
                              f"({error.strerror or error})") from None
-        for name, digest in stage_hashes(config).items():
+        hashes = stage_hashes(config)
+        if not chief:  # another worker's part of the chain ends with its last training stage
+            names = list(hashes)
+            trained = [index for index, name in enumerate(names) if name in TRAINING_SECTIONS]
+            hashes = {name: hashes[name] for name in names[: trained[-1] + 1]} if trained else {}
+        for name, digest in hashes.items():
             manifest = read_manifest(context.output_dir, name)
             if manifest and manifest.get("config_hash") == digest:
                 log.info("stage %s: done already (config hash %s), skipped", name, manifest["config_hash"])
@@ -388,7 +403,8 @@ def run(config: RecipeConfig) -> Report:
             # order), from the stage's own seed: a resumed or partial run seeds each stage as a full one.
             set_seed(stage_seed(config, name))
             started = time.time()
-            with _dtype_policy(stage_training(config, name)):
+            scope = strategy.scope() if name in TRAINING_SECTIONS else contextlib.nullcontext()
+            with _dtype_policy(stage_training(config, name)), scope:
                 record = STAGES[name](context) or {}
             seconds = time.time() - started
             manifest = {"stage": name, "config_hash": digest, "seconds": round(seconds, 1),
@@ -398,5 +414,8 @@ def run(config: RecipeConfig) -> Report:
             _advance(context, name, manifest)
             write_outputs(context.report().data, context.output_dir, tensorboard=False)
         report = context.report()
+        if not chief:
+            distribute.remove_worker_dir(context.output_dir)
+            return report
         write_outputs(report.data, context.output_dir, tensorboard=True)
     return report

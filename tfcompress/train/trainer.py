@@ -26,6 +26,7 @@ from tfcompress._compat import check_keras_object, keras, tf
 from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.config.training import TrainConfig
 from tfcompress.evaluate import metrics
+from tfcompress.train import distribute
 from tfcompress.train.interrupt import StopSignal, TrainingInterrupted
 from tfcompress.train.tracking import Tracker
 from tfcompress.utils import get_logger, set_seed
@@ -116,9 +117,11 @@ class Trainer:
             logits); build it under ``strategy.scope()`` when a strategy is given.
         task: ``"sequence"`` (text classification) or ``"token"`` (token classification).
         config: a :class:`TrainConfig`.
-        output_dir: where checkpoints, ``best/`` weights, TensorBoard and metrics.jsonl go.
+        output_dir: where checkpoints, ``best/`` weights, TensorBoard and metrics.jsonl go (on a
+            non-chief worker of a cluster: a local folder of its own, deleted after training).
         hooks: :class:`Hook` instances (pruning, QAT, distillation schedules...).
-        strategy: a ``tf.distribute.Strategy``; default: the current (single-device) strategy.
+        strategy: a ``tf.distribute.Strategy`` (``MultiWorkerMirroredStrategy`` included: see
+            :mod:`tfcompress.train.distribute`); default: the current strategy.
         loss_fn: ``loss_fn(model, features, labels, training) -> (loss, logits, {name: tensor})``;
             default: :func:`default_loss_fn`.
         label_names: names of the label ids, for metrics.
@@ -138,9 +141,11 @@ class Trainer:
         self.model = model
         self.task = task
         self.config = config
-        self.output_dir = Path(output_dir)
         self.hooks = list(hooks)
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.is_chief = distribute.is_chief(self.strategy)
+        self.output_dir = distribute.worker_dir(output_dir, self.strategy)
+        self._owns_worker_dir = self.output_dir != Path(output_dir)  # a non-chief's folder: deleted after fit
         self.loss_fn = loss_fn or default_loss_fn
         self.label_names = label_names
         self.stage = stage
@@ -196,7 +201,6 @@ class Trainer:
         self._best_checkpoint = tf.train.Checkpoint(model=self.model)
         self._best_manager = tf.train.CheckpointManager(self._best_checkpoint, str(self.output_dir / "best"),
                                                         max_to_keep=1)
-        self._step_fn = self._make_step_fn()
         if self._accumulators is not None:
             self._apply_fn = self._make_apply_fn()
 
@@ -204,7 +208,10 @@ class Trainer:
     def _inner_optimizer(self):
         return getattr(self.optimizer, "inner_optimizer", self.optimizer)
 
-    def _make_step_fn(self):
+    def _make_step_fn(self, element_spec):
+        """The compiled step, traced once for ``element_spec`` (batch and length dimensions None): every
+        worker of a cluster must trace it the same number of times, since each trace numbers its
+        collectives, and per-worker batch shapes differ."""
         config = self.config
         accumulate = self._accumulators is not None
         strategy = self.strategy
@@ -217,9 +224,11 @@ class Trainer:
                 for hook in self.hooks:
                     extras.update(hook.extra_losses(self, features, labels, logits, True))
                 loss = task_loss + tf.add_n([tf.cast(v, tf.float32) for v in extras.values()]) if extras else task_loss
-                # Each replica's loss is a mean over its share of the batch; the optimizer sums
-                # gradients over replicas, so divide by their number (and by micro-batches).
-                scaled = loss / float(strategy.num_replicas_in_sync * config.grad_accum_steps)
+                # Each replica's loss is a mean over its share of the batch and gradients are summed
+                # over replicas: weight it by its share of the global labelled count (and divide by
+                # micro-batches), so the gradient is that of the global mean.
+                weight = distribute.weight_of_replica(labels)
+                scaled = loss * weight / float(config.grad_accum_steps)
                 if config.mixed_precision == "mixed_float16":
                     scaled = self.optimizer.get_scaled_loss(scaled)
             grads = tape.gradient(scaled, variables)
@@ -238,16 +247,18 @@ class Trainer:
                 if config.max_grad_norm > 0:
                     grads, _ = tf.clip_by_global_norm(grads, config.max_grad_norm, use_norm=grad_norm)
                 self.optimizer.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
-            logs = {"loss": loss, "task_loss": task_loss, "grad_norm": grad_norm}
+            logs = {"loss": loss * weight, "task_loss": task_loss * weight, "grad_norm": grad_norm}
             logs.update({k: tf.cast(v, tf.float32) for k, v in aux.items()})
             logs.update({k: tf.cast(v, tf.float32) for k, v in extras.items()})
             return logs
 
         def distributed_step(features, labels):
             per_replica = strategy.run(replica_step, args=(features, labels))
-            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
+            summed = ("loss", "task_loss")  # already weighted by each replica's share: the global mean
+            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM if k in summed else tf.distribute.ReduceOp.MEAN,
+                                       v, axis=None) for k, v in per_replica.items()}
 
-        return tf.function(distributed_step, jit_compile=config.jit_compile, reduce_retracing=True)
+        return tf.function(distributed_step, input_signature=list(element_spec), jit_compile=config.jit_compile)
 
     def _make_apply_fn(self):
         config = self.config
@@ -289,17 +300,10 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- train
     def _dataset(self, train, epoch: int, skip_batches: int):
-        if getattr(self.model, "needs_example_index", False):
-            # A Distiller with cached teacher outputs looks them up by row of ``train``.
-            dataset = _indexed_dataset(train, self.config.batch_size, self.config.seed, epoch, skip_batches)
-        else:
-            dataset = train.tf_dataset(self.config.batch_size, shuffle=True, seed=self.config.seed, epoch=epoch,
-                                       skip_batches=skip_batches)
-        if self.strategy.num_replicas_in_sync > 1:
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-            dataset = self.strategy.experimental_distribute_dataset(dataset.with_options(options))
-        return dataset
+        order = train.batches(self.config.batch_size, shuffle=True, seed=self.config.seed, epoch=epoch)[skip_batches:]
+        # A Distiller with cached teacher outputs looks them up by row of ``train``.
+        indexed = bool(getattr(self.model, "needs_example_index", False))
+        return distribute.distribute_batches(self.strategy, order, lambda batches: _batch_dataset(train, batches, indexed))
 
     def fit(self, train, eval=None) -> dict:
         """Train on ``train`` (``EncodedData``), evaluating on ``eval``; resumes if checkpoints exist.
@@ -338,7 +342,15 @@ class Trainer:
         progress = _progress(self.total_steps, self.global_step, self.stage)
         stop_signal = StopSignal()
         with stop_signal:
-            return self._train_loop(train, eval, tracker, primary, progress, stop_signal, resumed_from)
+            try:
+                result = self._train_loop(train, eval, tracker, primary, progress, stop_signal, resumed_from)
+            except tf.errors.OpError as error:
+                if distribute.num_workers(self.strategy) == 1 or not distribute.is_peer_failure(error):
+                    raise
+                raise distribute.WorkerLost(self.stage, self.global_step, self._manager.latest_checkpoint, error) from error
+        if self._owns_worker_dir:
+            distribute.remove_worker_dir(self.output_dir)
+        return result
 
     def _train_loop(self, train, eval, tracker, primary, progress, stop_signal, resumed_from) -> dict:
         """The epochs and steps of :meth:`fit`, with ``stop_signal`` watched at every step boundary."""
@@ -357,7 +369,9 @@ class Trainer:
             skip = (self.global_step - epoch * self.steps_per_epoch) * accum if epoch == start_epoch else 0
             micro = 0
             window_start = time.perf_counter()
-            for features, labels in self._dataset(train, epoch, skip):
+            dataset = self._dataset(train, epoch, skip)
+            self._step_fn = self._step_fn or self._make_step_fn(dataset.element_spec)
+            for features, labels in dataset:
                 if micro == 0:
                     step = self.global_step
                     if config.profile_steps and step == config.profile_steps[0]:
@@ -367,7 +381,7 @@ class Trainer:
                         hook.on_step_begin(self, step)
                     window_start = time.perf_counter()
                 logs = self._step_fn(features, labels)
-                examples_seen += int(_batch_size(labels, self.strategy))
+                examples_seen += int(_batch_size(labels, self.strategy)) * distribute.num_workers(self.strategy)
                 micro += 1
                 if micro < accum:
                     continue
@@ -457,18 +471,18 @@ class Trainer:
         return metrics
 
 
-def _indexed_dataset(train, batch_size: int, seed: int, epoch: int, skip_batches: int):
-    """``train.tf_dataset(shuffle=True)`` plus ``features["example_index"]`` (int32 [B], rows of ``train``)."""
-    order = train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch)[skip_batches:]
-
+def _batch_dataset(train, order, indexed: bool):
+    """One padded batch of ``train`` per index list of ``order``; with ``indexed``, plus
+    ``features["example_index"]`` (int32 [B], the rows of ``train``)."""
     def generate():
         for indices in order:
             features, labels = train.padded_batch(indices)
-            features["example_index"] = np.asarray(indices, np.int32)
+            if indexed:
+                features["example_index"] = np.asarray(indices, np.int32)
             yield features, labels
 
     signature = ({**{name: tf.TensorSpec([None, None], tf.int32) for name in train.features},
-                  "example_index": tf.TensorSpec([None], tf.int32)},
+                  **({"example_index": tf.TensorSpec([None], tf.int32)} if indexed else {})},
                  tf.TensorSpec([None] if train.task == "sequence" else [None, None], tf.int32))
     return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
 
