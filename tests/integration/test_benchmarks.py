@@ -269,3 +269,30 @@ def test_a_killed_stock_fit_resumes_from_keras_backup(tmp_path, monkeypatch):
     assert (folder / "stock.json").stat().st_mtime_ns == stamp
     module.kept_stock_path(runner.Context(config), 64, 2, folder)  # other settings: trained again
     assert json.loads((folder / "stock.json").read_text())["stock"]["training"]["epochs"] == 2
+
+
+def test_multiworker_throughput_smoke_runs_one_and_two_workers_and_counts_the_gradient_bytes(
+        tmp_path, results_md_untouched):
+    """Both configurations are launched (2 processes really form a 2-worker cluster), every worker
+    trains warmup + steps steps, and the all-reduce volume is the trainable variables' bytes."""
+    from tfcompress.models import loading
+
+    result = _run("multiworker_throughput", ["--smoke", "--results-dir", str(tmp_path), "--work-dir", str(tmp_path)])
+    settings = result["settings"]
+    per_worker = settings["warmup"] + settings["steps"]
+    one, two = result["configurations"]["1"], result["configurations"]["2"]
+    assert one["workers"] == [1] and one["replicas_in_sync"] == [1] and one["steps_per_worker"] == [per_worker]
+    assert two["workers"] == [2, 2] and two["replicas_in_sync"] == [2, 2] and two["steps_per_worker"] == [per_worker] * 2
+    assert one["timed_steps"] == two["timed_steps"] == settings["steps"] * settings["rounds"]
+    assert two["other_workers_step_seconds"]["n"] == settings["steps"] * settings["rounds"]
+    assert two["per_worker_batch"] * 2 == one["per_worker_batch"] == settings["batch_size"]
+    assert _positive(one["samples_per_second"]) and _positive(two["samples_per_second"])
+    assert result["ratio_2_to_1"] == pytest.approx(two["samples_per_second"] / one["samples_per_second"])
+    model = loading.load_model(settings["model"], labels=["negative", "positive"])
+    assert result["gradient"]["bytes"] == sum(v.numpy().nbytes for v in model.trainable_variables)
+    assert result["gradient"]["variables"] == len(model.trainable_variables)
+    rows = {(r["gbit_per_second"], r["hosts"]): r for r in result["projection"]["rows"]}
+    assert set(rows) == {(b, n) for b in (1.0, 10.0, 25.0) for n in (2, 4, 8, 16)}
+    row = rows[(1.0, 4)]  # ring all-reduce: 2 (N - 1) / N of the bytes per host at 1 Gbit/s
+    assert row["allreduce_seconds"] == pytest.approx(1.5 * result["gradient"]["bytes"] * 8 / 1e9)
+    assert row["speedup"] == pytest.approx(4 * result["compute_step_seconds"] / row["step_seconds"])
