@@ -215,16 +215,25 @@ class EncodedData:
             raise ValueError(f"skip_batches={skip_batches}: must be >= 0")
         order = self.batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
                              drop_remainder=drop_remainder)[skip_batches:]
+        return self.batch_dataset(order, pad_to=pad_to)
 
+    def batch_dataset(self, order, pad_to: int | None = None, with_index: bool = False):
+        """One padded batch per index list of ``order``, as a prefetched ``tf.data.Dataset`` of
+        ``(features, labels)`` (shapes as :meth:`tf_dataset`). ``with_index`` adds
+        ``features["example_index"]`` (int32 ``[B]``, the rows of this data), for teacher outputs
+        cached by row."""
         def generate():
             for indices in order:
-                yield self.padded_batch(indices, pad_to=pad_to)
+                features, labels = self.padded_batch(indices, pad_to=pad_to)
+                if with_index:
+                    features["example_index"] = np.asarray(indices, np.int32)
+                yield features, labels
 
         label_shape = [None] if self.task == "sequence" else [None, None]
-        signature = (
-            {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in self.features},
-            tf.TensorSpec(label_shape, tf.int32, name="labels"),
-        )
+        features = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in self.features}
+        if with_index:
+            features["example_index"] = tf.TensorSpec([None], tf.int32, name="example_index")
+        signature = (features, tf.TensorSpec(label_shape, tf.int32, name="labels"))
         dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
         return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -303,7 +303,7 @@ class Trainer:
         order = train.batches(self.config.batch_size, shuffle=True, seed=self.config.seed, epoch=epoch)[skip_batches:]
         # A Distiller with cached teacher outputs looks them up by row of ``train``.
         indexed = bool(getattr(self.model, "needs_example_index", False))
-        return distribute.distribute_batches(self.strategy, order, lambda batches: _batch_dataset(train, batches, indexed))
+        return distribute.distribute_batches(self.strategy, order, lambda batches: train.batch_dataset(batches, with_index=indexed))
 
     def fit(self, train, eval=None) -> dict:
         """Train on ``train`` (``EncodedData``), evaluating on ``eval``; resumes if checkpoints exist.
@@ -469,22 +469,6 @@ class Trainer:
         for hook in self.hooks:
             hook.on_evaluate(self, step, metrics)
         return metrics
-
-
-def _batch_dataset(train, order, indexed: bool):
-    """One padded batch of ``train`` per index list of ``order``; with ``indexed``, plus
-    ``features["example_index"]`` (int32 [B], the rows of ``train``)."""
-    def generate():
-        for indices in order:
-            features, labels = train.padded_batch(indices)
-            if indexed:
-                features["example_index"] = np.asarray(indices, np.int32)
-            yield features, labels
-
-    signature = ({**{name: tf.TensorSpec([None, None], tf.int32) for name in train.features},
-                  **({"example_index": tf.TensorSpec([None], tf.int32)} if indexed else {})},
-                 tf.TensorSpec([None] if train.task == "sequence" else [None, None], tf.int32))
-    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
 
 
 def _batch_size(labels, strategy) -> int:
