@@ -92,20 +92,6 @@ def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny
     assert (out / "release" / "fp32" / "labels.txt").read_text().split()[0] == "O"
 
 
-def test_selective_int8_scores_a_token_task_whose_sentences_outrun_the_artifact(tmp_path, tiny_ner):
-    """``export.int8_select_budget`` on NER with an artifact shorter than the dev sentences: the trials
-    score the words the artifact keeps, as the evaluate stage does (inputs cut but labels not used to
-    stop the export with "N predictions for M label positions")."""
-    model_dir, data_dir = tiny_ner
-    out = tmp_path / "run"
-    _run(["recipes/conll2003.py", "--smoke", "--model", str(model_dir), "--data-dir", str(data_dir),
-          "--output-dir", str(out), "--stages", "export", "--export", "int8", "--seq-length", "5",
-          "--set", "export.int8_select_budget=100"])
-    selection = json.loads((out / "export" / "int8.selection.json").read_text())
-    assert selection["met"] and selection["examples"] > 0 and 0.0 <= selection["trials"][0]["metric"] <= 1.0
-    assert (out / "export" / "int8.tflite").stat().st_size > 0
-
-
 def _recipe(name):
     """The packaged recipe module's namespace (what ``tfcompress run NAME`` and recipes/NAME.py run)."""
     return vars(importlib.import_module(f"tfcompress.recipes.{name}"))

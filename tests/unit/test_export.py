@@ -17,7 +17,6 @@ from tfcompress.config import constants
 from tfcompress.evaluate import gate
 from tfcompress.evaluate import runtime
 from tfcompress.export import rewrites
-from tfcompress.export import selective
 from tfcompress.export import tflite
 
 SEQ_LENGTH = 16
@@ -440,48 +439,6 @@ def test_release_refuses_regressed_artifact(tmp_path, tiny_tokenizer):
     release.release_bundle(path, tmp_path / "release" / "fp32", tiny_tokenizer, ["n", "p"], record=record,
                           allow_regression=True)
     assert (tmp_path / "release" / "fp32" / "model.tflite").exists()
-
-
-def test_selective_int8_keeps_the_worst_tensors_in_float_until_the_budget_holds(tmp_path):
-    """QuantizationDebugger-ranked tensors go to float, fewest first: a loose budget stops at the
-    all-integer artifact; an impossible one tries every threshold, each trial with more float
-    tensors, and the written artifact holds them in float. (Whether fewer int8 tensors lower the
-    error is the real model's question, measured in benchmarks/RESULTS.md; on a random tiny model
-    the max error need not fall.)"""
-    model = _model_with_spread()
-    features = _features(8, seed=1)
-    reference = model(features, training=False).logits.numpy()
-    spread = float(reference.max() - reference.min())
-
-    def score(content):  # minus the max logit error, relative to the spread (reference: 0)
-        return -float(np.abs(runtime.TFLiteModel(content).predict(features) - reference).max()) / spread
-
-    rows = _rows(_features(32, seed=2))
-    _, loose = selective.selective_int8(model, SEQ_LENGTH, rows, score, reference=0.0, budget=10.0,
-                                     num_calibration=32, num_debug=8)
-    assert loose["met"] and loose["float_nodes"] == [] and len(loose["trials"]) == 1
-    path = tmp_path / "int8.tflite"
-    _, strict = selective.selective_int8(model, SEQ_LENGTH, rows, score, reference=0.0, budget=0.0,
-                                      thresholds=(2.0, 0.5, 0.0), num_calibration=32, num_debug=8, output_path=path)
-    counts = [trial["float_nodes"] for trial in strict["trials"]]
-    assert not strict["met"] and counts == sorted(counts) and counts[-1] > 0 and len(counts) >= 2
-    assert runtime.float_ops(path), "the float tensors are not in the written artifact"
-    assert strict["worst_tensors"][0]["rmse_over_scale"] >= strict["worst_tensors"][-1]["rmse_over_scale"]
-
-
-def test_selective_int8_ranks_only_tensors_of_ops_that_are_still_int8():
-    """Tensors of the op types kept in float in every trial are not candidates: keeping them "in
-    float" again would change nothing (on MiniLM the LayerNorm ops top the debugger's ranking)."""
-    model = _model_with_spread()
-    rows = _rows(_features(32, seed=2))
-    _, record = selective.selective_int8(model, SEQ_LENGTH, rows, lambda content: 0.0, reference=1.0, budget=0.0,
-                                      thresholds=(0.0,), denylisted_ops=("FULLY_CONNECTED",), num_calibration=32,
-                                      num_debug=8)
-    assert record["skipped_float_op_tensors"] > 0
-    assert record["worst_tensors"] and all(row["op"] != "FULLY_CONNECTED" for row in record["worst_tensors"])
-    fully_connected = {row["tensor"] for row in selective.layer_errors(model, SEQ_LENGTH, rows, num_calibration=32,
-                                                                   num_debug=8) if row["op"] == "FULLY_CONNECTED"}
-    assert record["float_nodes"] and not fully_connected & set(record["float_nodes"])
 
 
 def test_default_int8_float_ops_keep_the_graph_in_few_xnnpack_partitions(tmp_path):

@@ -17,6 +17,14 @@ from tfcompress.errors import ConfigError
 from tfcompress.errors import TfcompressError
 
 log = get_logger("pipeline")
+
+# Fields that existed once, with what replaces them (named in the error of a --set that uses one).
+REMOVED_FIELDS = {
+    "export.int8_select_budget": "the debugger-driven selective int8 search was removed: the default int8 artifact "
+                                 "keeps its float ops by rule; for accelerators export 'integer'",
+    "export.int8_select_examples": "removed with export.int8_select_budget",
+}
+
 # ------------------------------------------------------------------------------ command line
 def default_data_dir(task_folder: str) -> Path | None:
     """``shared/data/<task>`` beside the working directory or inside it (the layout of a checkout next to
@@ -391,7 +399,8 @@ def apply_override(config, assignment: str) -> None:
     name = parts[-1]
     fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
     if name not in fields:
-        raise ConfigError(f"--set {assignment!r}: unknown field {dotted!r}; known: {sorted(fields)}")
+        hint = f" ({REMOVED_FIELDS[dotted.strip()]})" if dotted.strip() in REMOVED_FIELDS else ""
+        raise ConfigError(f"--set {assignment!r}: unknown field {dotted!r}{hint}; known: {sorted(fields)}")
     if dataclasses.is_dataclass(getattr(target, name)):
         raise ConfigError(f"--set {assignment!r}: {dotted!r} is a section; set one of its fields, e.g. "
                          f"{dotted}.{dataclasses.fields(getattr(target, name))[0].name}=...")

@@ -134,13 +134,6 @@ class ExportStageConfig:
             BATCH_MATMUL, SOFTMAX and GELU, for which XNNPACK has no int8 kernel (in int8 they split the
             CPU graph into 14 XNNPACK pieces instead of 2; benchmarks/RESULTS.md, 2026-11-25).
             ``[]`` gives a full-integer artifact (for NPUs), at an accuracy cost.
-        int8_select_budget: selective quantization of the ``int8`` artifact, in points of the primary
-            metric (0 = off). When > 0, TFLite's QuantizationDebugger ranks every tensor by its int8
-            error and the worst ones are kept in float (beyond ``int8_float_ops``), fewest first,
-            until the artifact is within this many points of the Keras model on the first
-            ``int8_select_examples`` examples of the eval split (the test split stays for the gate).
-            The export record lists the float tensors, the trials and why.
-        int8_select_examples: eval examples scored per selection trial.
         int8_outlier_percentile: the ``int8`` artifact scales each feed-forward output's outlier
             channels down to this percentile of its channel maxima, and back up in float after the
             residual add (``export.rewrites.scale_outlier_channels``: the same float function; needs MUL
@@ -162,8 +155,6 @@ class ExportStageConfig:
     num_calibration: int = 200
     io_type: str = "float"
     int8_float_ops: list[str] = field(default_factory=lambda: list(DEFAULT_INT8_FLOAT_OPS))
-    int8_select_budget: float = 0.0
-    int8_select_examples: int = 1000
     int8_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
     integer_int8_ops: list[str] = field(default_factory=lambda: list(DEFAULT_INTEGER_INT8_OPS))
     integer_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
@@ -181,13 +172,9 @@ class ExportStageConfig:
             raise ConfigError(f"export.num_calibration={self.num_calibration!r}: must be >= 1")
         if self.io_type not in ("float", "int8"):
             raise ConfigError(f"export.io_type={self.io_type!r}: must be 'float' or 'int8'")
-        if not self.int8_select_budget >= 0:
-            raise ConfigError(f"export.int8_select_budget={self.int8_select_budget!r}: must be >= 0 points (0 = off)")
         for name in ("int8_outlier_percentile", "integer_outlier_percentile"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ConfigError(f"export.{name}={getattr(self, name)!r}: must be in (0, 100], or 0 for off")
-        if self.int8_select_examples < 1:
-            raise ConfigError(f"export.int8_select_examples={self.int8_select_examples!r}: must be >= 1")
         if not all(isinstance(op, str) and op.isupper() for op in self.integer_int8_ops):
             raise ConfigError(f"export.integer_int8_ops={self.integer_int8_ops!r}: must be TFLite op type names "
                               "such as FULLY_CONNECTED")

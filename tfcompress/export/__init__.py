@@ -1,5 +1,4 @@
-"""Export: graph rewrites for quantization, TFLite conversion, selective int8."""
-from tfcompress.export.selective import layer_errors, select_float_nodes, selective_int8  # noqa: F401
+"""Export: graph rewrites for quantization, TFLite conversion, the LiteRT quantizer's integer artifact, metadata."""
 from tfcompress.export.tflite import (  # noqa: F401
     ExportConfig,
     FlexOpsError,

@@ -12,8 +12,8 @@ mobile runtime; a model that would need flex ops fails with :class:`FlexOpsError
 Quantized modes (``int8``, ``int16x8``) are traced through a *quantization-friendly graph*
 (:func:`tfcompress.quantize.quantization_friendly`): the additive attention mask (-10000 in HF BERT)
 is floored at ``attention_mask_floor`` so calibration does not see a 10,000-wide pre-softmax range.
-``int8`` can also keep chosen ops/nodes in float (``denylisted_ops`` / ``denylisted_nodes``, the
-selective quantization of TFLite's QuantizationDebugger), see :func:`select_float_nodes`. With the
+``int8`` keeps chosen op types or tensors in float (``denylisted_ops`` / ``denylisted_nodes``, the
+selective quantization of TFLite's QuantizationDebugger options). With the
 residual path in float (MUL and ADD denylisted), ``outlier_percentile`` scales the few huge channels
 of every feed-forward output down before conversion and back up after the residual add
 (:func:`tfcompress.quantize.scale_outlier_channels`), so those Dense outputs get a usable int8 step.

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from tfcompress.compress import prune
-from tfcompress.evaluate import integer, metrics, runtime
-from tfcompress.export import litert_quantizer, selective, tflite
+from tfcompress.evaluate import integer, runtime
+from tfcompress.export import litert_quantizer, tflite
 from tfcompress.pipeline.runner import Context, read_manifest, stage
-from tfcompress.pipeline.stages.common import keras_predict_fn, primary_name
 from tfcompress.pipeline.stages.qat import qat_model
 from tfcompress.utils import atomic_write_json, get_logger
 
 log = get_logger("pipeline")
+
+
 def _export_seq_length(context: Context, train) -> tuple[int, str]:
     cfg = context.config.export
     if cfg.seq_length:
@@ -22,30 +22,6 @@ def _export_seq_length(context: Context, train) -> tuple[int, str]:
     length = min(train.percentile_length(cfg.seq_percentile), context.config.data.max_length)
     return max(int(length), 2), (f"{cfg.seq_percentile:g}th percentile of the training lengths "
                                  f"(capped at data.max_length={context.config.data.max_length})")
-
-
-def _selective_int8(context: Context, model, seq_length: int, train, path: Path) -> dict:
-    """``selective.selective_int8`` scored on the first ``int8_select_examples`` eval examples."""
-    cfg, primary = context.config.export, primary_name(context)
-    # Encoded at the artifact's length, as the evaluate stage encodes the test split: for token tasks
-    # the labels of the words cut off go with them (truncating only the inputs left them unscorable).
-    evaluation = context.encoded("eval", seq_length)
-    held_out = evaluation.select(list(range(min(cfg.int8_select_examples, len(evaluation)))))
-    batch_size = context.config.evaluate.batch_size
-
-    def metric_of(predict) -> float:  # both models see the artifact's fixed length
-        logits = metrics.predict_logits(predict, held_out, batch_size=batch_size, progress=False, pad_to=seq_length)
-        return float(metrics.compute_metrics(context.config.task, logits, held_out.labels, held_out.label_names)[primary])
-
-    reference = metric_of(keras_predict_fn(model))
-    _, record = selective.selective_int8(
-        model, seq_length, train, score=lambda content: metric_of(runtime.TFLiteModel(content, num_threads=2).predict),
-        reference=reference, budget=cfg.int8_select_budget / 100.0, denylisted_ops=cfg.int8_float_ops,
-        num_calibration=cfg.num_calibration, io_type=cfg.io_type, output_path=path,
-        outlier_percentile=cfg.int8_outlier_percentile or None)
-    record["examples"] = len(held_out)
-    atomic_write_json(path.with_suffix(".selection.json"), record)
-    return record
 
 
 @stage("export")
@@ -87,17 +63,9 @@ def export_stage(context: Context) -> dict:
         if name == "int8" and outliers_scaled:
             artifacts[-1]["outlier_percentile"] = outlier_percentile  # rewrites.scale_outlier_channels
 
-    selection = {}
     for mode in cfg.modes:
         path = stage_dir / f"{mode}.tflite"
         calibrated = mode in ("int8", "int16x8")
-        if mode == "int8" and cfg.int8_select_budget > 0:
-            finish(mode, mode, path, lambda path=path: selection.update(
-                _selective_int8(context, model, seq_length, train, path)))
-            if not selection and (stage_dir / "int8.selection.json").exists():  # finished before an interruption
-                selection.update(json.loads((stage_dir / "int8.selection.json").read_text()))
-            artifacts[-1]["selection"] = selection
-            continue
         if mode == "integer":
             recipe = litert_quantizer.IntegerRecipe(int8_ops=tuple(cfg.integer_int8_ops))
             finish(mode, mode, path, lambda path=path: litert_quantizer.to_integer_tflite(
