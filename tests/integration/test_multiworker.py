@@ -208,3 +208,101 @@ def test_a_killed_worker_stops_the_other_with_an_error_and_the_rerun_resumes_to_
     # each step logged once: what the killed attempt logged past ckpt-8 was dropped by the rerun
     assert [row["step"] for row in rows if "train/loss" in row] == list(range(1, steps + 1))
     assert not _worker_dirs(multi)
+
+
+def _launch_with_caches(arguments: list[str], caches: list[Path]) -> None:
+    """``arguments`` run by len(caches) launched workers, worker i with TFCOMPRESS_CACHE=caches[i] (a
+    cache folder of its own: no shared file system)."""
+    import subprocess
+
+    from tfcompress.cli import launch
+
+    argv = launch.worker_command(["tfcompress", *arguments])
+    workers = [subprocess.Popen(argv, env={**_worker_env(), "TF_CONFIG": config, "TFCOMPRESS_CACHE": str(cache)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for config, cache in zip(launch.tf_configs(launch.free_ports(len(caches))), caches)]
+    try:
+        errors = [worker.communicate(timeout=300)[1] for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for worker, error in zip(workers, errors):
+        assert worker.returncode == 0, error[-3000:]
+
+
+def _distill_runs(tmp_path, monkeypatch, arguments: list[str], chief_partial_rows: int = 0):
+    """A distill command with a teacher of another tokenizer, run in this process and by 2 launched
+    workers with cache folders of their own. ``chief_partial_rows``: the chief's cache folder first
+    holds the partial file an interrupted run leaves, with the single process's first rows. Returns the
+    run folders, the cache files' fields and logits (single, 2 workers) and the other worker's cache folder."""
+    from tfcompress.compress import teacher_logits
+
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    monkeypatch.setenv("TFCOMPRESS_CACHE", str(tmp_path / "cache-single"))
+    _in_process(arguments, single)
+    [single_file] = (tmp_path / "cache-single" / "teacher-logits").glob("*.npz")
+    fields, single_logits = teacher_logits.TeacherLogitCache._read(single_file)
+    chief_cache, other_cache = tmp_path / "cache-0" / "teacher-logits", tmp_path / "cache-1"
+    if chief_partial_rows:
+        partial = np.full_like(single_logits, np.nan)
+        partial[:chief_partial_rows] = single_logits[:chief_partial_rows]
+        teacher_logits.TeacherLogitCache._write(chief_cache / single_file.name.replace(".npz", ".partial.npz"),
+                                                fields, partial)
+    _launch_with_caches([*arguments, "--output-dir", str(multi)], [tmp_path / "cache-0", other_cache])
+    assert [p.name for p in chief_cache.iterdir()] == [single_file.name]  # no partial or temporary file left
+    multi_fields, multi_logits = teacher_logits.TeacherLogitCache._read(chief_cache / single_file.name)
+    assert multi_fields == fields
+    assert _relative_files(multi) == _relative_files(single) and not _worker_dirs(multi)
+    return single, multi, single_logits, multi_logits, other_cache
+
+
+def _distill_record(run: Path) -> dict:
+    return json.loads((run / "report.json").read_text())["stages"][0]["teacher_logits"]
+
+
+def _distill_arguments(student: Path, teacher: Path, train: Path, task: str) -> list[str]:
+    return ["distill", "--task", task, "--model", str(student), "--train-file", str(train), "--distill-from",
+            str(teacher), "--student-layers", "1", "--set", "distill_train.batch_size=4",
+            "--set", "distill_train.max_steps=2", "--set", "distill_train.eval_every=2",
+            "--set", "distill_train.restore_best=false"]
+
+
+def test_two_workers_compute_half_of_the_cross_tokenizer_teacher_logits_each_and_the_chief_writes_the_cache(
+        tmp_path, tiny_tokenizer, tiny_mpnet_dir, monkeypatch):
+    from tfcompress.models.loading import save_model
+
+    save_model(seeded_weights(build_tiny_model("sequence"), seed=1), tiny_tokenizer, tmp_path / "student")
+    train = tmp_path / "train.csv"
+    train.write_text("sentence,label\n" + "".join(f"{s},{l}\n" for s, l in SST_ROWS))
+    arguments = _distill_arguments(tmp_path / "student", tiny_mpnet_dir, train, "sequence")
+    # the chief continues an interrupted run's partial file: 3 of the 12 texts done, 9 left for 2 workers
+    _, multi, single_logits, multi_logits, other_cache = _distill_runs(tmp_path, monkeypatch, arguments,
+                                                                       chief_partial_rows=3)
+    np.testing.assert_allclose(multi_logits, single_logits, atol=1e-5)
+    record = _distill_record(multi)
+    assert record["shards"] == 2 and record["computed"] == 9 and record["texts_per_worker"] == [5, 4]
+    assert not other_cache.exists()  # the other worker never touched a cache folder
+
+
+@pytest.mark.slow  # another 2-worker chain (about 2 minutes on 2 cores)
+def test_two_workers_share_the_per_word_teacher_logits_of_a_token_task(tmp_path, tiny_tokenizer, monkeypatch):
+    from conftest import _save_tiny_mpnet
+    from tfcompress.data import readers
+    from tfcompress.models.loading import save_model
+
+    train = tmp_path / "train.txt"
+    train.write_text(CONLL_TEXT)
+    sentences = readers.read_conll(train)
+    tags = sentences.label_names
+    (tmp_path / "teacher").mkdir()
+    teacher = _save_tiny_mpnet(tmp_path / "teacher", "token", len(tags), tags)
+    save_model(seeded_weights(build_tiny_model("token", num_labels=len(tags)), seed=1), tiny_tokenizer,
+               tmp_path / "student")
+    arguments = _distill_arguments(tmp_path / "student", teacher, train, "token")
+    _, multi, single_logits, multi_logits, other_cache = _distill_runs(tmp_path, monkeypatch, arguments)
+    np.testing.assert_allclose(multi_logits, single_logits, atol=1e-5)
+    record = _distill_record(multi)
+    assert record["shards"] == 2 and record["words"] == sum(len(words) for words in sentences.words)
+    assert record["texts_per_worker"] == [(len(sentences) + 1) // 2, len(sentences) // 2]
+    assert not other_cache.exists()
