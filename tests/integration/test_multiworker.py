@@ -79,9 +79,31 @@ def _worker_env() -> dict:
     return env
 
 
-def _chain(tmp_path, tiny_tokenizer, stage: str, task: str, extra: list[str]):
-    """The same stage command run by one process (in this one) and by 2 launched workers."""
+def _launch(arguments: list[str], envs: list[dict]) -> list[str]:
+    """``tfcompress ARGUMENTS`` run by len(envs) launched workers (as ``tfcompress launch`` starts them),
+    worker i with ``envs[i]`` added to its environment; returns each worker's stderr (its log)."""
+    import subprocess
+
     from tfcompress.cli import launch
+
+    argv = launch.worker_command(["tfcompress", *arguments])
+    workers = [subprocess.Popen(argv, env={**_worker_env(), **env, "TF_CONFIG": config}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+               for config, env in zip(launch.tf_configs(launch.free_ports(len(envs))), envs)]
+    try:
+        logs = [worker.communicate(timeout=300)[1] for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for worker, log in zip(workers, logs):
+        assert worker.returncode == 0, log[-3000:]
+    return logs
+
+
+def _chain(tmp_path, tiny_tokenizer, stage: str, task: str, extra: list[str]):
+    """The same stage command run by one process (in this one) and by 2 launched workers; returns the
+    run folders and the workers' logs."""
     from tfcompress.models.loading import save_model
 
     section = {"finetune": "train", "prune": "prune_train"}[stage]
@@ -100,9 +122,8 @@ def _chain(tmp_path, tiny_tokenizer, stage: str, task: str, extra: list[str]):
                  "--set", f"{section}.eval_every={STEPS}", *extra]
     single, multi = tmp_path / "single", tmp_path / "multi"
     _in_process(arguments, single)
-    code = launch.launch(["tfcompress", *arguments, "--output-dir", str(multi)], workers=2, env=_worker_env())
-    assert code == 0
-    return single, multi
+    logs = _launch([*arguments, "--output-dir", str(multi)], [{}, {}])
+    return single, multi, logs
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +134,7 @@ def token_runs(tmp_path_factory, tiny_tokenizer):
 
 
 def test_two_workers_fine_tune_a_token_classifier_to_the_single_process_weights(token_runs):
-    single, multi = token_runs
+    single, multi, _ = token_runs
     single_weights = _saved_weights(single / "finetune" / "model")
     start = _saved_weights(single.parent / "tiny-model")
     assert max(float(np.max(np.abs(single_weights[k] - start[k]))) for k in start) > 1e-3  # it trained
@@ -123,9 +144,26 @@ def test_two_workers_fine_tune_a_token_classifier_to_the_single_process_weights(
 
 
 def test_only_the_chief_writes_the_run_folder_and_no_worker_files_remain(token_runs):
-    single, multi = token_runs
+    single, multi, _ = token_runs
     assert _relative_files(multi) == _relative_files(single)
     assert not _worker_dirs(multi)
+
+
+def test_each_worker_predicts_its_share_of_the_evaluation_set_and_all_score_the_whole_set(token_runs):
+    import re
+
+    single, multi, logs = token_runs
+
+    def evaluations(run: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (run / "finetune" / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if k.startswith("eval/")} for row in rows if "eval/f1" in row]
+
+    assert evaluations(multi) == evaluations(single) != []
+    shares = [re.findall(r"evaluation: (\d+) of (\d+) examples predicted by this worker \((\d) of 2\)", log)
+              for log in logs]
+    assert shares[0] and shares[1]
+    assert {share[2] for share in shares[0]} == {"0"} and {share[2] for share in shares[1]} == {"1"}
+    assert all(int(a[0]) + int(b[0]) == int(a[1]) == int(b[1]) for a, b in zip(shares[0], shares[1]))
 
 
 def _zeros(weights: dict) -> dict[str, np.ndarray]:
@@ -134,7 +172,7 @@ def _zeros(weights: dict) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow  # two more chains (2 to 3 minutes on 2 cores)
 def test_two_workers_prune_with_a_teacher_to_the_single_process_masks_and_weights(tmp_path, tiny_tokenizer):
-    single, multi = _chain(tmp_path, tiny_tokenizer, "prune", "sequence",
+    single, multi, _ = _chain(tmp_path, tiny_tokenizer, "prune", "sequence",
                            ["--set", "prune_train.batch_size=4", "--prune-sparsity", "0.5", "--prune-distill-alpha", "0.5",
                             "--set", f"prune.end_step={STEPS}", "--set", "prune.frequency=1"])
     _assert_same_pruning(single, multi)
@@ -158,7 +196,7 @@ def _assert_same_pruning(single: Path, multi: Path) -> None:
 @pytest.mark.slow  # two more chains (about 2 minutes on 2 cores)
 def test_two_workers_prune_a_token_classifier_to_the_single_process_masks_and_weights(tmp_path, tiny_tokenizer):
     # 3 sentences, batch 3: each worker's slice holds another number of labelled tokens
-    single, multi = _chain(tmp_path, tiny_tokenizer, "prune", "token",
+    single, multi, _ = _chain(tmp_path, tiny_tokenizer, "prune", "token",
                            ["--set", "prune_train.batch_size=3", "--prune-sparsity", "0.5",
                             "--set", f"prune.end_step={STEPS}", "--set", "prune.frequency=1"])
     _assert_same_pruning(single, multi)
@@ -226,27 +264,6 @@ def test_a_killed_worker_stops_the_other_with_an_error_and_the_rerun_resumes_to_
     assert not _worker_dirs(multi)
 
 
-def _launch_with_caches(arguments: list[str], caches: list[Path]) -> None:
-    """``arguments`` run by len(caches) launched workers, worker i with TFCOMPRESS_CACHE=caches[i] (a
-    cache folder of its own: no shared file system)."""
-    import subprocess
-
-    from tfcompress.cli import launch
-
-    argv = launch.worker_command(["tfcompress", *arguments])
-    workers = [subprocess.Popen(argv, env={**_worker_env(), "TF_CONFIG": config, "TFCOMPRESS_CACHE": str(cache)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for config, cache in zip(launch.tf_configs(launch.free_ports(len(caches))), caches)]
-    try:
-        errors = [worker.communicate(timeout=300)[1] for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-    for worker, error in zip(workers, errors):
-        assert worker.returncode == 0, error[-3000:]
-
-
 def _distill_runs(tmp_path, monkeypatch, arguments: list[str], chief_partial_rows: int = 0):
     """A distill command with a teacher of another tokenizer, run in this process and by 2 launched
     workers with cache folders of their own. ``chief_partial_rows``: the chief's cache folder first
@@ -265,7 +282,8 @@ def _distill_runs(tmp_path, monkeypatch, arguments: list[str], chief_partial_row
         partial[:chief_partial_rows] = single_logits[:chief_partial_rows]
         teacher_logits.TeacherLogitCache._write(chief_cache / single_file.name.replace(".npz", ".partial.npz"),
                                                 fields, partial)
-    _launch_with_caches([*arguments, "--output-dir", str(multi)], [tmp_path / "cache-0", other_cache])
+    _launch([*arguments, "--output-dir", str(multi)],
+            [{"TFCOMPRESS_CACHE": str(cache)} for cache in (tmp_path / "cache-0", other_cache)])
     assert [p.name for p in chief_cache.iterdir()] == [single_file.name]  # no partial or temporary file left
     multi_fields, multi_logits = teacher_logits.TeacherLogitCache._read(chief_cache / single_file.name)
     assert multi_fields == fields

@@ -316,7 +316,7 @@ class TeacherLogitCache:
         counts[distribute.worker_rank(strategy)] = texts
         merged, counts = distribute.sum_over_workers(
             strategy, [np.where(owned[:, None], logits, np.float32(0)).astype(np.float32), counts],
-            timeout_seconds=distribute.COLLECTIVE_TIMEOUT_SECONDS + 2 * seconds)
+            timeout_seconds=distribute.shard_timeout(seconds))
         per_worker = [int(count) for count in counts]
         log.info("teacher logits: texts computed per worker %s (this is worker %d of %d)", per_worker,
                  distribute.worker_rank(strategy), len(per_worker))
