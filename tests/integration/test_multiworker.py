@@ -268,7 +268,7 @@ def _distill_runs(tmp_path, monkeypatch, arguments: list[str], chief_partial_row
     """A distill command with a teacher of another tokenizer, run in this process and by 2 launched
     workers with cache folders of their own. ``chief_partial_rows``: the chief's cache folder first
     holds the partial file an interrupted run leaves, with the single process's first rows. Returns the
-    run folders, the cache files' fields and logits (single, 2 workers) and the other worker's cache folder."""
+    run folders and cache files' logits (single, 2 workers) and the other worker's cache folder."""
     from tfcompress.compress import teacher_logits
 
     single, multi = tmp_path / "single", tmp_path / "multi"
@@ -319,7 +319,7 @@ def test_two_workers_compute_half_of_the_cross_tokenizer_teacher_logits_each_and
     assert not other_cache.exists()  # the other worker never touched a cache folder
 
 
-@pytest.mark.slow  # another 2-worker chain (about 2 minutes on 2 cores)
+@pytest.mark.slow  # two more 2-worker chains (about 3 minutes on 2 cores)
 def test_two_workers_share_the_per_word_teacher_logits_of_a_token_task(tmp_path, tiny_tokenizer, monkeypatch):
     from conftest import _save_tiny_mpnet
     from tfcompress.data import readers
@@ -339,4 +339,11 @@ def test_two_workers_share_the_per_word_teacher_logits_of_a_token_task(tmp_path,
     record = _distill_record(multi)
     assert record["shards"] == 2 and record["words"] == sum(len(words) for words in sentences.words)
     assert record["texts_per_worker"] == [(len(sentences) + 1) // 2, len(sentences) // 2]
+    assert not other_cache.exists()
+    # a second run: the chief's file reaches the other worker, nobody computes
+    again = tmp_path / "again"
+    _launch([*arguments, "--output-dir", str(again)],
+            [{"TFCOMPRESS_CACHE": str(cache)} for cache in (tmp_path / "cache-0", other_cache)])
+    record = _distill_record(again)
+    assert record["reused"] is True and record["shards"] == 2 and "texts_per_worker" not in record
     assert not other_cache.exists()

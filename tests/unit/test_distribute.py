@@ -109,3 +109,13 @@ def test_sum_over_workers_of_one_process_is_its_own_arrays():
     arrays = [np.array([[1.5, np.nan], [0.0, -2.0]], np.float32), np.array([3.0], np.float32)]
     sums = distribute.sum_over_workers(tf.distribute.get_strategy(), arrays, timeout_seconds=5)
     assert all(np.array_equal(s, a, equal_nan=True) for s, a in zip(sums, arrays))
+
+
+def test_gather_examples_of_one_process_puts_each_example_back_in_place():
+    import numpy as np
+
+    from tfcompress._compat import tf
+
+    sizes = [2, 1, 3]  # per-example lengths (token predictions); examples 2 and 0 computed here
+    gathered = distribute.gather_examples(tf.distribute.get_strategy(), [[4, 5, 6], [1, 2]], [2, 0], sizes)
+    assert [g.tolist() for g in gathered] == [[1, 2], [0], [4, 5, 6]]
