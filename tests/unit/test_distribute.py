@@ -82,3 +82,40 @@ def test_only_errors_that_name_a_lost_peer_become_a_worker_lost_error():
                                  tf.errors.UnavailableError(None, None, "task 1 stopped\nmore"))
     assert str(lost) == ("a worker of the cluster stopped during finetune at step 9 (UnavailableError: task 1 "
                          "stopped); rerun the same command on every worker to resume from run/finetune/checkpoints/ckpt-8")
+
+
+def test_worker_rank_numbers_the_workers_from_the_chief(monkeypatch):
+    from types import SimpleNamespace
+
+    from tfcompress._compat import tf
+
+    def rank(cluster, task_type, index):
+        _tf_config(monkeypatch, cluster, task_type, index)
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        return distribute.worker_rank(SimpleNamespace(cluster_resolver=resolver))
+
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]}
+    assert [rank(workers, "worker", i) for i in range(3)] == [0, 1, 2]
+    with_chief = {"chief": ["127.0.0.1:4"], **workers}
+    assert [rank(with_chief, "chief", 0)] + [rank(with_chief, "worker", i) for i in range(3)] == [0, 1, 2, 3]
+    assert distribute.worker_rank(tf.distribute.get_strategy()) == 0
+
+
+def test_sum_over_workers_of_one_process_is_its_own_arrays():
+    import numpy as np
+
+    from tfcompress._compat import tf
+
+    arrays = [np.array([[1.5, np.nan], [0.0, -2.0]], np.float32), np.array([3.0], np.float32)]
+    sums = distribute.sum_over_workers(tf.distribute.get_strategy(), arrays, timeout_seconds=5)
+    assert all(np.array_equal(s, a, equal_nan=True) for s, a in zip(sums, arrays))
+
+
+def test_gather_examples_of_one_process_puts_each_example_back_in_place():
+    import numpy as np
+
+    from tfcompress._compat import tf
+
+    sizes = [2, 1, 3]  # per-example lengths (token predictions); examples 2 and 0 computed here
+    gathered = distribute.gather_examples(tf.distribute.get_strategy(), [[4, 5, 6], [1, 2]], [2, 0], sizes)
+    assert [g.tolist() for g in gathered] == [[1, 2], [0], [4, 5, 6]]

@@ -18,6 +18,11 @@ says which fields differ from the teacher's other cache files. Writes are atomic
 is interrupted keeps its finished rows in ``<file>.partial.npz`` and the next run continues from
 there. A file whose stored fields differ from the ones its name promises (copied, edited) is refused
 with an error naming the field.
+
+Under a MultiWorkerMirroredStrategy of W workers the chief alone reads and writes the cache folder: its
+file or partial file reaches the others by an all-reduce, worker r computes every W-th missing row
+(sentence, for per-word logits) from row r, and an all-reduce SUM of zero-filled arrays gives every
+worker all rows (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import numpy as np
 from tfcompress._compat import tf
 from tfcompress.errors import ConfigError
 from tfcompress.models import facts
+from tfcompress.train import distribute
 from tfcompress.utils import atomic_write_bytes, get_logger, sha256_file
 
 log = get_logger("distill")
@@ -165,16 +171,22 @@ def word_positions(tokenizer, words: Sequence[Sequence[str]], max_length: int) -
     return out
 
 
-def compute_word_logits(teacher, data, positions: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+def compute_word_logits(teacher, data, positions: Sequence[np.ndarray], batch_size: int = 64,
+                        sentences: np.ndarray | None = None) -> np.ndarray:
     """The teacher's logits at the first sub-token of every word: ``[total words, C]`` float32, sentence
     after sentence, word after word; NaN rows for words the teacher did not see (``positions`` -1).
-    ``data``: the words encoded with the teacher's tokenizer (token task EncodedData)."""
+    ``data``: the words encoded with the teacher's tokenizer (token task EncodedData). ``sentences``
+    limits the work to those sentences (the other sentences' words stay NaN)."""
     forward = _logits_fn(teacher)
     counts = np.array([len(p) for p in positions], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
     logits = np.full((int(counts.sum()), int(teacher.config.num_labels)), np.nan, dtype=np.float32)
     lengths = np.asarray(data.lengths(), dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
+    if sentences is None:
+        order = np.argsort(lengths, kind="stable")
+    else:
+        sentences = np.asarray(sentences, dtype=np.int64)
+        order = sentences[np.argsort(lengths[sentences], kind="stable")]
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         features, _ = data.padded_batch(indices)
@@ -281,68 +293,137 @@ class TeacherLogitCache:
                                     "delete it to recompute")
         return logits
 
-    def load_or_compute(self, fields: dict, teacher, data, batch_size: int = 64) -> tuple[np.ndarray, dict]:
+    @staticmethod
+    def _chief_state(strategy, fields: dict, logits, previous) -> tuple:
+        """Several workers: the chief's complete file (``logits``) or partial one (``previous``), both
+        None on the others, sent to every worker by one all-reduce (the others add zeros): all take the
+        same decision from the chief's cache folder, the only one read. Returns ``(logits, previous)``."""
+        shape = (fields.get("num_rows", fields["num_texts"]), len(fields["teacher_labels"]))
+        known = logits if logits is not None else previous  # None on the other workers
+        status = 0 if known is None else (2 if logits is not None else 1)  # 2: complete, 1: partial
+        known, status = distribute.sum_over_workers(
+            strategy, [np.zeros(shape, np.float32) if known is None else np.asarray(known, np.float32),
+                       np.array([status], np.float32)])
+        return (known, None) if status[0] == 2 else (None, known if status[0] == 1 else None)
+
+    @staticmethod
+    def _merge(strategy, logits: np.ndarray, owned: np.ndarray, texts: int, seconds: float) -> tuple:
+        """Several workers: every worker's rows (``owned`` marks this worker's, from ``texts`` texts,
+        computed in ``seconds``) combined by an all-reduce SUM of zero-filled arrays (NaN rows stay NaN).
+        A worker waits for the others' shards up to the usual timeout plus twice its own time. Returns
+        ``(merged logits, texts computed per worker)``."""
+        counts = np.zeros(distribute.num_workers(strategy), np.float32)
+        counts[distribute.worker_rank(strategy)] = texts
+        merged, counts = distribute.sum_over_workers(
+            strategy, [np.where(owned[:, None], logits, np.float32(0)).astype(np.float32), counts],
+            timeout_seconds=distribute.shard_timeout(seconds))
+        per_worker = [int(count) for count in counts]
+        log.info("teacher logits: texts computed per worker %s (this is worker %d of %d)", per_worker,
+                 distribute.worker_rank(strategy), len(per_worker))
+        return merged, per_worker
+
+    def load_or_compute(self, fields: dict, teacher, data, batch_size: int = 64,
+                        strategy=None) -> tuple[np.ndarray, dict]:
         """Cached logits for ``fields``, else computed with ``teacher`` over ``data`` (EncodedData made
-        with the teacher's tokenizer, one row per text) and saved. Returns ``(logits, info)``."""
+        with the teacher's tokenizer, one row per text) and saved. Returns ``(logits, info)``.
+
+        With several workers (``strategy``, else the current one, a MultiWorkerMirroredStrategy) worker
+        ``r`` of ``W`` computes the missing rows ``r, r + W, ...`` (in the order of the row indices), the
+        all-reduce gives every worker all rows, and only the chief reads and writes the cache folder
+        (the file, and its own rows in the partial file)."""
         if len(data) != fields["num_texts"]:
             raise ValueError(f"data has {len(data)} rows but the cache fields say {fields['num_texts']} texts")
+        strategy = strategy or tf.distribute.get_strategy()
+        workers, chief = distribute.num_workers(strategy), distribute.is_chief(strategy)
         path = self.path_for(fields)
+        partial = path.with_name(path.name[:-len(".npz")] + ".partial.npz")
         started = time.time()
-        logits = self.load(fields)
+        logits = self.load(fields) if chief else None
+        previous = None
+        if chief and logits is None:
+            self._explain_miss(fields)
+            if partial.is_file():
+                stored, previous = self._read(partial)
+                self.check(partial, stored, fields, previous)
+        if workers > 1:
+            logits, previous = self._chief_state(strategy, fields, logits, previous)
+        shards = {} if workers == 1 else {"shards": workers}
         if logits is not None:
             log.info("teacher logits: reusing %s (%d texts)", path, len(logits))
             return logits, {"file": str(path), "reused": True, "texts": len(logits), "computed": 0,
-                            "seconds": round(time.time() - started, 1)}
-        self._explain_miss(fields)
-        partial = path.with_name(path.name[:-len(".npz")] + ".partial.npz")
-        previous = None
-        if partial.is_file():
-            stored, previous = self._read(partial)
-            self.check(partial, stored, fields, previous)
+                            "seconds": round(time.time() - started, 1), **shards}
         missing = np.arange(len(data)) if previous is None else np.flatnonzero(np.isnan(previous).any(axis=1))
         if previous is not None:
             log.info("teacher logits: continuing %s (%d of %d texts done)", partial, len(data) - len(missing),
                      len(data))
+        mine = missing[distribute.worker_rank(strategy)::workers]
         state = {"saved": time.time(), "logged": time.time()}
 
         def progress(done, values):
             now = time.time()
-            if now - state["saved"] >= self.save_every_seconds:
+            if chief and now - state["saved"] >= self.save_every_seconds:
                 self._write(partial, fields, values)
                 state["saved"] = now
             if now - state["logged"] >= 60:
-                log.info("teacher logits: %d of %d texts (%.0f s)", len(done), len(missing), now - started)
+                log.info("teacher logits: %d of %d texts (%.0f s)", len(done), len(mine), now - started)
                 state["logged"] = now
 
-        logits = compute_logits(teacher, data, batch_size, rows=missing, on_progress=progress, initial=previous)
+        computing = time.time()
+        logits = compute_logits(teacher, data, batch_size, rows=mine, on_progress=progress, initial=previous)
+        if workers > 1:
+            owned = np.zeros(len(data), bool)
+            owned[mine] = True
+            merged, shards["texts_per_worker"] = self._merge(strategy, logits, owned, len(mine),
+                                                              time.time() - computing)
+            if previous is not None:  # the rows the chief's partial file held
+                merged = np.where(np.isnan(previous).any(axis=1)[:, None], merged, previous)
+            logits = merged
         bad = np.flatnonzero(np.isnan(logits).any(axis=1) | np.isinf(logits).any(axis=1))
         if bad.size:  # the teacher itself gave NaN/inf (e.g. float16 overflow): never cache it
             raise TeacherCacheError(f"teacher {fields['teacher']}: non-finite logits for {bad.size} texts (first rows "
                                     f"{bad[:5].tolist()}) under dtype {fields['teacher_dtype']}; nothing cached. Run the "
                                     "distill stage in float32 (distill_train.mixed_precision unset)")
-        self._write(path, fields, logits)
-        partial.unlink(missing_ok=True)
+        if chief:
+            self._write(path, fields, logits)
+            partial.unlink(missing_ok=True)
         seconds = time.time() - started
         log.info("teacher logits: %d texts in %.0f s -> %s", len(missing), seconds, path)
         return logits, {"file": str(path), "reused": False, "texts": len(logits), "computed": int(len(missing)),
-                        "seconds": round(seconds, 1)}
+                        "seconds": round(seconds, 1), **shards}
 
-    def load_or_compute_words(self, fields: dict, teacher, data, positions, batch_size: int = 64) -> tuple:
+    def load_or_compute_words(self, fields: dict, teacher, data, positions, batch_size: int = 64,
+                              strategy=None) -> tuple:
         """Per-word logits (:func:`compute_word_logits`) for ``fields`` (``num_rows`` = total words),
-        cached or computed and saved (no partial file: a token task's teacher pass is short)."""
+        cached or computed and saved (no partial file: a token task's teacher pass is short). With
+        several workers, worker ``r`` of ``W`` computes sentences ``r, r + W, ...`` and the rows are
+        merged as in :meth:`load_or_compute`; only the chief reads and writes the cache folder."""
+        strategy = strategy or tf.distribute.get_strategy()
+        workers, chief = distribute.num_workers(strategy), distribute.is_chief(strategy)
         path = self.path_for(fields)
         started = time.time()
-        logits = self.load(fields, missing_rows_allowed=True)
+        logits = self.load(fields, missing_rows_allowed=True) if chief else None
+        if chief and logits is None:
+            self._explain_miss(fields)
+        if workers > 1:
+            logits, _ = self._chief_state(strategy, fields, logits, None)
+        shards = {} if workers == 1 else {"shards": workers}
         reused = logits is not None
         if not reused:
-            self._explain_miss(fields)
-            logits = compute_word_logits(teacher, data, positions, batch_size)
+            sentences = np.arange(len(positions))[distribute.worker_rank(strategy)::workers]
+            computing = time.time()
+            logits = compute_word_logits(teacher, data, positions, batch_size,
+                                         sentences=None if workers == 1 else sentences)
+            if workers > 1:
+                owned = np.repeat(np.isin(np.arange(len(positions)), sentences), [len(p) for p in positions])
+                logits, shards["texts_per_worker"] = self._merge(strategy, logits, owned, len(sentences),
+                                                                 time.time() - computing)
             if np.isinf(logits).any():
                 raise TeacherCacheError(f"teacher {fields['teacher']}: infinite logits under dtype "
                                         f"{fields['teacher_dtype']}; nothing cached")
-            self._write(path, fields, logits)
+            if chief:
+                self._write(path, fields, logits)
         unseen = int(np.isnan(logits).any(axis=1).sum())
         log.info("teacher word logits: %s %s (%d words, %d not seen by the teacher)",
                  "reusing" if reused else "computed", path, len(logits), unseen)
         return logits, {"file": str(path), "reused": reused, "texts": fields["num_texts"], "words": len(logits),
-                        "teacher_unseen_words": unseen, "seconds": round(time.time() - started, 1)}
+                        "teacher_unseen_words": unseen, "seconds": round(time.time() - started, 1), **shards}

@@ -21,6 +21,9 @@ decides, so that N workers give the result of one process on the same global bat
   Trainer saves (checkpoints TensorFlow needs every worker to write, TensorBoard, metrics) to a local
   folder of their own (:func:`worker_dir`), kept across reruns for resume and deleted when training
   ends. No shared file system is assumed.
+* :func:`sum_over_workers`, :func:`gather_examples`: numpy arrays summed over the workers by the
+  strategy's all-reduce, for work shared out among them (the teacher-logits cache,
+  :mod:`tfcompress.compress.teacher_logits`; the predictions of evaluation during training).
 
 The strategy, the all-reduce and the checkpoints are TensorFlow's; nothing here moves tensors.
 """
@@ -121,6 +124,55 @@ def num_workers(strategy) -> int:
         return 1
     spec = resolver.cluster_spec().as_dict()
     return sum(len(spec.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def worker_rank(strategy) -> int:
+    """This process's place among the workers, ``0 .. num_workers - 1`` (the chief's is 0); 0 outside a
+    cluster."""
+    task_type, task_id = task_of(strategy)
+    if task_type in (None, "chief"):
+        return 0
+    return task_id + (1 if strategy.cluster_resolver.cluster_spec().as_dict().get("chief") else 0)
+
+
+def sum_over_workers(strategy, arrays: list, timeout_seconds: float | None = None) -> list:
+    """The element-wise sums over all workers of each worker's ``arrays`` (numpy), computed by the
+    strategy's collective all-reduce in one batch: every worker gets the same sums. Each worker adds
+    its arrays once, whatever its number of local replicas; a NaN anywhere stays NaN in the sum.
+    ``timeout_seconds`` replaces the collectives' usual timeout for this call (a worker that arrives
+    early waits that long for the others). Call it on every worker, in the same order, in
+    cross-replica context."""
+    per_worker = max(1, strategy.num_replicas_in_sync // num_workers(strategy))
+
+    def value_fn(context):
+        first = context.replica_id_in_sync_group % per_worker == 0
+        return [tf.constant(array if first else np.zeros_like(array)) for array in arrays]
+
+    values = strategy.experimental_distribute_values_from_function(value_fn)
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=None if timeout_seconds is None else float(timeout_seconds))
+    sums = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, [(value, value) for value in values],
+                                             options=options)
+    return [np.asarray(strategy.experimental_local_results(total)[0].numpy()) for total in sums]
+
+
+def shard_timeout(seconds: float) -> float:
+    """How long a worker that did its share of some work in ``seconds`` waits for the others' shares:
+    the collectives' usual timeout plus twice its own time."""
+    return COLLECTIVE_TIMEOUT_SECONDS + 2 * seconds
+
+
+def gather_examples(strategy, values: list, examples, sizes, seconds: float = 0.0) -> list:
+    """Per-example 1-D arrays that each worker computed for its ``examples`` (``values[i]`` of length
+    ``sizes[examples[i]]``), for every example in order on every worker: one all-reduce SUM of
+    zero-filled float32 arrays (exact for integers below 2 ** 24). ``seconds``: this worker's time on
+    its share (:func:`shard_timeout`)."""
+    starts = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
+    flat = np.zeros(int(starts[-1]), np.float32)
+    for value, example in zip(values, examples):
+        flat[starts[example]:starts[example + 1]] = np.asarray(value, np.float32).reshape(-1)
+    [total] = sum_over_workers(strategy, [flat], timeout_seconds=shard_timeout(seconds))
+    return [total[starts[i]:starts[i + 1]] for i in range(len(starts) - 1)]
 
 
 def is_chief(strategy=None) -> bool:

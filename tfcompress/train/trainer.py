@@ -295,8 +295,29 @@ class Trainer:
         return self._predict
 
     def evaluate(self, data) -> dict:
-        """Task metrics of the current weights on ``data`` (an ``EncodedData``)."""
-        return metrics.evaluate(self.predict_fn(), data, batch_size=self.config.eval_batch_size)
+        """Task metrics of the current weights on ``data`` (an ``EncodedData``).
+
+        With several workers, worker ``r`` of ``W`` predicts examples ``r, r + W, ...`` and the predicted
+        ids are gathered by the strategy's all-reduce (:func:`distribute.gather_examples`): every worker
+        scores the whole set, so all take the same best-checkpoint and early-stopping decisions."""
+        workers = distribute.num_workers(self.strategy)
+        if workers == 1:
+            return metrics.evaluate(self.predict_fn(), data, batch_size=self.config.eval_batch_size)
+        started = time.time()
+        mine = np.arange(len(data))[distribute.worker_rank(self.strategy)::workers]
+        logits = metrics.predict_logits(self.predict_fn(), data.select(mine), batch_size=self.config.eval_batch_size)
+        predicted = [np.asarray(values).argmax(-1) for values in logits]
+        sizes = np.ones(len(data), np.int64) if data.task == "sequence" else data.lengths()
+        gathered = distribute.gather_examples(self.strategy, predicted, mine, sizes, time.time() - started)
+        log.info("evaluation: %d of %d examples predicted by this worker (%d of %d), predictions gathered",
+                 len(mine), len(data), distribute.worker_rank(self.strategy), workers)
+        if data.task == "sequence":
+            predictions = np.concatenate(gathered).astype(np.int64) if gathered else np.zeros(0, np.int64)
+        else:
+            predictions = [values.astype(np.int64) for values in gathered]
+        result = metrics.compute_metrics(data.task, predictions, data.labels, data.label_names)
+        result["num_truncated"] = int(data.num_truncated)
+        return result
 
     # ---------------------------------------------------------------------------------- train
     def _dataset(self, train, epoch: int, skip_batches: int):
