@@ -151,6 +151,11 @@ class ExportStageConfig:
         integer_outlier_percentile: the ``integer`` artifact scales the feed-forward outputs' outlier
             channels as ``int8_outlier_percentile`` does, the scale and unscale MULs running on its int16
             residual path. 0 = off. SST-2 3-layer student, test.tsv: agreement with Keras 0.9644 -> 0.9782.
+        integer_smooth_alpha: the ``integer`` artifact migrates per-channel scale out of the LayerNorm
+            outputs that feed its int8 Q/K/V and intermediate Dense inputs into those kernels, with this
+            SmoothQuant strength in (0, 1] (``export.rewrites.migrate_activation_scales``: the same float
+            function, one int16 MUL on each residual read). None = off (the default; see
+            benchmarks/RESULTS.md for the measurement behind that).
     """
 
     # int16x8 and integer are opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer
@@ -167,6 +172,7 @@ class ExportStageConfig:
     int8_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
     integer_int8_ops: list[str] = field(default_factory=lambda: list(DEFAULT_INTEGER_INT8_OPS))
     integer_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
+    integer_smooth_alpha: float | None = None
 
     def validate(self) -> None:
         unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
@@ -186,6 +192,10 @@ class ExportStageConfig:
         for name in ("int8_outlier_percentile", "integer_outlier_percentile"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ConfigError(f"export.{name}={getattr(self, name)!r}: must be in (0, 100], or 0 for off")
+        alpha = self.integer_smooth_alpha
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1):
+            raise ConfigError(f"export.integer_smooth_alpha={alpha!r}: must be in (0, 1] (SmoothQuant strength), "
+                              "or None for off")
         if self.int8_select_examples < 1:
             raise ConfigError(f"export.int8_select_examples={self.int8_select_examples!r}: must be >= 1")
         if not all(isinstance(op, str) and op.isupper() for op in self.integer_int8_ops):
