@@ -121,7 +121,7 @@ def main() -> None:
         f"{name} {row[name]['accuracy']:.4f} (Keras {keras[name]:.4f}, agreement {row[name]['agreement']:.4f})"
         for name in splits) for variant, row in rows.items()]
     write_results("integer_variants" + (f"-{args.tag}" if args.tag else ""), "python benchmarks/integer_variants.py " + " ".join(
-        f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items()),
+        f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if value not in (None, 0, "")),
         {"source_model": source, "seq_length": seq_length, "keras": keras, "variants": rows}, lines,
         append_markdown=False)
 
