@@ -144,6 +144,12 @@ class ExportStageConfig:
         integer_outlier_percentile: the ``integer`` artifact scales the feed-forward outputs' outlier
             channels as ``int8_outlier_percentile`` does, the scale and unscale MULs running on its int16
             residual path. 0 = off. SST-2 3-layer student, test.tsv: agreement with Keras 0.9644 -> 0.9782.
+        integer_smooth_alpha: the ``integer`` artifact migrates per-channel scale out of the LayerNorm
+            outputs that feed its int8 Q/K/V and intermediate Dense inputs into those kernels, with this
+            SmoothQuant strength in (0, 1] (``export.rewrites.migrate_activation_scales``: the same float
+            function, one int16 MUL on each residual read). None = off, the default: on three SST-2
+            students (alpha 0.75) validation agreement +2 to +11 of 6,735 sentences, test accuracy
+            -0.19 to +0.11 pt (benchmarks/RESULTS.md, 2026-11-30 19:12-19:47).
     """
 
     # int16x8 and integer are opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer
@@ -158,6 +164,7 @@ class ExportStageConfig:
     int8_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
     integer_int8_ops: list[str] = field(default_factory=lambda: list(DEFAULT_INTEGER_INT8_OPS))
     integer_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
+    integer_smooth_alpha: float | None = None
 
     def validate(self) -> None:
         unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
@@ -175,6 +182,10 @@ class ExportStageConfig:
         for name in ("int8_outlier_percentile", "integer_outlier_percentile"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ConfigError(f"export.{name}={getattr(self, name)!r}: must be in (0, 100], or 0 for off")
+        alpha = self.integer_smooth_alpha
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1):
+            raise ConfigError(f"export.integer_smooth_alpha={alpha!r}: must be in (0, 1] (SmoothQuant strength), "
+                              "or None for off")
         if not all(isinstance(op, str) and op.isupper() for op in self.integer_int8_ops):
             raise ConfigError(f"export.integer_int8_ops={self.integer_int8_ops!r}: must be TFLite op type names "
                               "such as FULLY_CONNECTED")

@@ -33,7 +33,7 @@ from tfcompress._compat import tf
 from tfcompress.config.constants import DEFAULT_ATTENTION_MASK_FLOOR, DEFAULT_INTEGER_INT8_OPS
 from tfcompress.errors import ArtifactError
 from tfcompress.evaluate.integer import format_offenders, integer_report
-from tfcompress.export.rewrites import scale_outlier_channels
+from tfcompress.export.rewrites import migrate_activation_scales, scale_outlier_channels
 from tfcompress.export.tflite import convert, representative_features, serving_function
 from tfcompress.models.facts import model_input_names
 from tfcompress.utils import atomic_write_bytes, get_logger
@@ -125,7 +125,8 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
                       recipe: IntegerRecipe | None = None,
                       attention_mask_floor: float = DEFAULT_ATTENTION_MASK_FLOOR,
                       input_names: Sequence[str] | None = None, output_path=None,
-                      calibration_seed: int = 0, outlier_percentile: float | None = None) -> bytes:
+                      calibration_seed: int = 0, outlier_percentile: float | None = None,
+                      smooth_alpha: float | None = None) -> bytes:
     """Export ``model`` as a mixed int8/int16 integer-only ``.tflite`` (int32 token inputs, float logits
     through one DEQUANTIZE at the output), verified from its graph before anything is written.
 
@@ -145,6 +146,10 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
             (:func:`tfcompress.export.rewrites.scale_outlier_channels`, the same float function): the
             Dense's int8 output then gets a step set by ordinary channels, and the two per-channel MULs
             run on the int16 residual path. ``None``: off. The model is restored afterwards.
+        smooth_alpha: migrate per-channel scale out of the LayerNorm outputs that feed the int8 Q/K/V and
+            intermediate Dense inputs into those kernels, with this SmoothQuant strength
+            (:func:`tfcompress.export.rewrites.migrate_activation_scales`, the same float function; the
+            residual reads multiply back in int16). ``None``: off. The model is restored afterwards.
 
     Returns:
         The flatbuffer bytes.
@@ -157,11 +162,17 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
         raise ValueError("mode='integer' needs representative data to calibrate ranges")
     names = list(input_names or model_input_names(model))
     samples = representative_features(representative, names, seq_length, num_calibration, calibration_seed)
-    undo = scale_outlier_channels(model, samples, outlier_percentile) if outlier_percentile else None
+    if smooth_alpha is not None and not 0 < smooth_alpha <= 1:
+        raise ValueError(f"smooth_alpha={smooth_alpha!r}: must be in (0, 1] or None")
+    undos = []
     try:  # the converter reads the (scaled) variables at convert()
+        if outlier_percentile:
+            undos.append(scale_outlier_channels(model, samples, outlier_percentile))
+        if smooth_alpha is not None:  # after outlier scaling: its residual MUL wraps that block class
+            undos.append(migrate_activation_scales(model, samples, smooth_alpha))
         float_content = float_graph(model, seq_length, names, attention_mask_floor)
     finally:
-        if undo is not None:
+        for undo in reversed(undos):
             undo()
     content = quantize(float_content, samples, recipe)
     if output_path is not None:

@@ -70,9 +70,10 @@ def export_stage(context: Context) -> dict:
             recipe = litert_quantizer.IntegerRecipe(int8_ops=tuple(cfg.integer_int8_ops))
             finish(mode, mode, path, lambda path=path: litert_quantizer.to_integer_tflite(
                 model, seq_length, train, num_calibration=cfg.num_calibration, recipe=recipe, output_path=path,
-                outlier_percentile=cfg.integer_outlier_percentile or None))
+                outlier_percentile=cfg.integer_outlier_percentile or None, smooth_alpha=cfg.integer_smooth_alpha))
             artifacts[-1].update(integer_int8_ops=list(recipe.int8_ops),
-                                 outlier_percentile=cfg.integer_outlier_percentile or None)
+                                 outlier_percentile=cfg.integer_outlier_percentile or None,
+                                 smooth_alpha=cfg.integer_smooth_alpha)  # rewrites.migrate_activation_scales
             continue
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: tflite.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
