@@ -84,3 +84,26 @@ def test_integer_mode_is_opt_in_and_its_recipe_names_are_checked():
         ExportStageConfig(modes=["integer"], integer_int8_ops=["fully_connected"]).validate()
     with pytest.raises(ValueError, match="'NOT_AN_OP'"):
         litert_quantizer.IntegerRecipe(int8_ops=("NOT_AN_OP",)).apply(None)
+
+
+def test_integer_export_keeps_pruned_weights_zero(tmp_path):
+    """A magnitude-pruned model's zeros survive the quantizer's int8 weights (symmetric: 0 stays 0), so the
+    integer artifact keeps its sparsity; ``integer.weight_zeros`` reads them from the flatbuffer."""
+    from tfcompress.models.surgery import encoder_dense_layers
+
+    model = _model_with_spread()
+    for ref in encoder_dense_layers(model):
+        kernel = ref.layer.kernel
+        values = kernel.numpy()
+        values[np.abs(values) < np.median(np.abs(values))] = 0.0  # half of every encoder kernel
+        kernel.assign(values)
+    dense = integer.weight_zeros(_integer_of(model, tmp_path / "pruned.tflite"))
+    assert dense["weights"] > 0 and dense["zero_fraction"] >= 0.45, dense
+    fresh = integer.weight_zeros(_integer_of(_model_with_spread(), tmp_path / "dense.tflite"))
+    assert fresh["weights"] == dense["weights"] and fresh["zero_fraction"] < 0.1, fresh
+
+
+def _integer_of(model, path):
+    litert_quantizer.to_integer_tflite(model, SEQ_LENGTH, _rows(_features(16, seed=2)), num_calibration=16,
+                                       output_path=path)
+    return path

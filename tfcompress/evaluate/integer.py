@@ -198,6 +198,31 @@ def integer_report(model) -> dict:
             "macs": int(total)}
 
 
+def weight_zeros(model) -> dict:
+    """Zeros among the constant weights of the FULLY_CONNECTED ops of a ``.tflite`` (path or bytes), as
+    stored (int8 after quantization: a pruned weight must still be exactly 0 there, which symmetric
+    weight quantization keeps). ``{"weights": count, "zeros": count, "zero_fraction": share}``."""
+    schema = _schema()
+    data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    root = schema.Model.GetRootAs(data, 0)
+    graph = root.Subgraphs(0)
+    dtypes = {schema.TensorType.INT8: np.int8, schema.TensorType.FLOAT32: np.float32,
+              schema.TensorType.FLOAT16: np.float16, schema.TensorType.INT16: np.int16}
+    weights = zeros = 0
+    for op in read_graph(data)["ops"]:
+        if op["op"] != "FULLY_CONNECTED" or len(op["inputs"]) < 2 or not op["inputs"][1]["constant"]:
+            continue
+        item = graph.Tensors(op["inputs"][1]["index"])
+        dtype = dtypes.get(item.Type())
+        buffer = root.Buffers(item.Buffer())
+        if dtype is None or buffer.DataLength() == 0:  # another type, or data outside the flatbuffer
+            continue
+        values = buffer.DataAsNumpy().view(dtype)
+        weights += values.size
+        zeros += int((values == 0).sum())
+    return {"weights": int(weights), "zeros": int(zeros), "zero_fraction": round(zeros / weights, 6) if weights else 0.0}
+
+
 def record_fields(model, limit: int = 20) -> dict:
     """``{"integer_only", "integer_check"}`` for an artifact record or manifest: the verdict, the first
     ``limit`` offenders, their count, the precision table and the MAC shares of :func:`integer_report`."""
@@ -205,7 +230,7 @@ def record_fields(model, limit: int = 20) -> dict:
     return {"integer_only": report["integer_only"],
             "integer_check": {"offenders": report["offenders"][:limit], "offender_count": len(report["offenders"]),
                               "precision": report["precision"], "mac_share": report["mac_share"],
-                              "macs": report["macs"]}}
+                              "macs": report["macs"], "fully_connected_weight_zeros": weight_zeros(model)}}
 
 
 def format_offenders(report: dict, limit: int = 10) -> str:
