@@ -6,7 +6,7 @@ released ``int8`` artifact as it is, and freshly made ``integer`` variants (Lite
 ``integer`` = the default recipe with outlier scaling, ``integer-plain`` without it, ``integer-int16``
 every op int16, ``integer-fc`` only FULLY_CONNECTED in int8, ``integer-smooth<alpha>`` (e.g.
 ``integer-smooth0.5``) the default recipe plus scale migration from the LayerNorm outputs into the
-Dense kernels that read them, ``rewrites.migrate_activation_scales``) and ``int16x8`` (stock converter). Each
+Dense kernels that read them, ``smoothing.migrate_activation_scales``) and ``int16x8`` (stock converter). Each
 runs with ai-edge-litert on the given SST-2 files: accuracy, agreement with Keras, max logit
 difference, integer-only verdict and MAC share from the graph, the int8 input step (quantization
 scale) of every FULLY_CONNECTED (median and max), batch-1 latency at 2 threads.

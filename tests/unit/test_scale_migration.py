@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfcompress.export import rewrites, tflite
+from tfcompress.export import rewrites, smoothing, tflite
 from test_export import SEQ_LENGTH, _features, _model_with_ffn_outlier, _model_with_spread, _rows
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
@@ -23,7 +23,7 @@ def _model_with_gamma_outlier(factor: float = 30.0):
 
 def test_sites_follow_bert_wiring():
     model = _model_with_spread()
-    sites = rewrites.smoothing_sites(model)
+    sites = smoothing.smoothing_sites(model)
     assert [path for path, *_ in sites] == ["embeddings", "encoder/layer.0/attention", "encoder/layer.0/output",
                                            "encoder/layer.1/attention"]
     layers = model.bert.encoder.layer
@@ -40,10 +40,10 @@ def test_migration_keeps_float_outputs_and_undoes_exactly(alpha):
     features = _features(6)
     before = model(features, training=False).logits.numpy()
     weights = [w.numpy() for w in model.weights]
-    classes = [type(site[3]) for site in rewrites.smoothing_sites(model)]
-    undo = rewrites.migrate_activation_scales(model, _rows(_features(16, seed=2)), alpha=alpha)
+    classes = [type(site[3]) for site in smoothing.smoothing_sites(model)]
+    undo = smoothing.migrate_activation_scales(model, _rows(_features(16, seed=2)), alpha=alpha)
     assert len(undo.migrated) == 4
-    sites = rewrites.smoothing_sites(model)
+    sites = smoothing.smoothing_sites(model)
     norm, dense = sites[2][1], sites[2][2][0]
     assert not np.allclose(norm.gamma.numpy(), weights[[w.name for w in model.weights].index(norm.gamma.name)])
     assert hasattr(norm, "_tfcompress_migrated_scale") and hasattr(sites[2][3], "_tfcompress_residual_scale")
@@ -54,9 +54,9 @@ def test_migration_keeps_float_outputs_and_undoes_exactly(alpha):
     undo()
     for weight, value in zip(model.weights, weights):
         np.testing.assert_array_equal(weight.numpy(), value)
-    assert [type(site[3]) for site in rewrites.smoothing_sites(model)] == classes
+    assert [type(site[3]) for site in smoothing.smoothing_sites(model)] == classes
     assert all("call" not in vars(site[3]) and not hasattr(site[3], "_tfcompress_residual_scale")
-               for site in rewrites.smoothing_sites(model))
+               for site in smoothing.smoothing_sites(model))
     np.testing.assert_array_equal(model(features, training=False).logits.numpy(), before)
 
 
@@ -67,7 +67,7 @@ def test_migration_composes_with_outlier_scaling():
     weights = [w.numpy() for w in model.weights]
     calibration = _rows(_features(16, seed=2))
     undo_outliers = rewrites.scale_outlier_channels(model, calibration, percentile=90.0)
-    undo = rewrites.migrate_activation_scales(model, calibration, alpha=0.5)
+    undo = smoothing.migrate_activation_scales(model, calibration, alpha=0.5)
     block = model.bert.encoder.layer[0].bert_output
     assert type(block).__name__ == "SmoothedOutlierScaledTFBertOutput"
     assert float(np.abs(model(features, training=False).logits.numpy() - before).max()) < 1e-4
@@ -81,12 +81,12 @@ def test_migration_composes_with_outlier_scaling():
 def test_migration_needs_alpha_in_range_and_skips_other_layouts():
     model = _model_with_spread()
     with pytest.raises(ValueError, match="alpha"):
-        rewrites.migrate_activation_scales(model, [], alpha=0.0)
+        smoothing.migrate_activation_scales(model, [], alpha=0.0)
     with pytest.raises(ValueError, match="alpha"):
-        rewrites.migrate_activation_scales(model, [], alpha=1.5)
+        smoothing.migrate_activation_scales(model, [], alpha=1.5)
     from conftest import build_tiny_model
     distil = build_tiny_model("sequence", "distilbert")
-    undo = rewrites.migrate_activation_scales(distil, _rows(_features(2)), alpha=0.5)
+    undo = smoothing.migrate_activation_scales(distil, _rows(_features(2)), alpha=0.5)
     assert undo.migrated == {}
     undo()
 

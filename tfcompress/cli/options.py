@@ -9,22 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-from tfcompress.config.constants import EXPORT_MODES, STAGE_ORDER
+from tfcompress.config.constants import EXPORT_MODES, REMOVED_FIELDS, STAGE_ORDER
 from tfcompress.config.recipe import RecipeConfig
 from tfcompress.report import Report
 from tfcompress.utils import get_logger
-from tfcompress.errors import ConfigError
-from tfcompress.errors import TfcompressError
+from tfcompress.errors import ConfigError, TfcompressError
 
 log = get_logger("pipeline")
-
-# Fields that existed once, with what replaces them (named in the error of a --set that uses one).
-REMOVED_FIELDS = {
-    "export.int8_select_budget": "the debugger-driven selective int8 search was removed: the default int8 artifact "
-                                 "keeps its float ops by rule; for accelerators export 'integer'",
-    "export.int8_select_examples": "removed with export.int8_select_budget",
-}
-
 # ------------------------------------------------------------------------------ command line
 def default_data_dir(task_folder: str) -> Path | None:
     """``shared/data/<task>`` beside the working directory or inside it (the layout of a checkout next to

@@ -65,3 +65,10 @@ WEIGHT_FILE_PATTERNS = ("*.h5", "*.safetensors", "*.tflite", "*.npz")
 
 EXAMPLE_INDEX_KEY = "example_index"  # feature key carrying each example's row in the training data
 TEMPERATURE_SCHEDULES = ("constant", "linear")
+
+# Fields that existed once, with what replaces them (named in the error of a --set that uses one).
+REMOVED_FIELDS = {
+    "export.int8_select_budget": "the debugger-driven selective int8 search was removed: the default int8 artifact "
+                                 "keeps its float ops by rule; for accelerators export 'integer'",
+    "export.int8_select_examples": "removed with export.int8_select_budget",
+}

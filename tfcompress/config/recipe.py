@@ -146,7 +146,7 @@ class ExportStageConfig:
             residual path. 0 = off. SST-2 3-layer student, test.tsv: agreement with Keras 0.9644 -> 0.9782.
         integer_smooth_alpha: the ``integer`` artifact migrates per-channel scale out of the LayerNorm
             outputs that feed its int8 Q/K/V and intermediate Dense inputs into those kernels, with this
-            SmoothQuant strength in (0, 1] (``export.rewrites.migrate_activation_scales``: the same float
+            SmoothQuant strength in (0, 1] (``export.smoothing.migrate_activation_scales``: the same float
             function, one int16 MUL on each residual read). None = off, the default: on three SST-2
             students (alpha 0.75) validation agreement +2 to +11 of 6,735 sentences, test accuracy
             -0.19 to +0.11 pt (benchmarks/RESULTS.md, 2026-11-30 19:12-19:47).

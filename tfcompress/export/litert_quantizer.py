@@ -33,7 +33,8 @@ from tfcompress._compat import tf
 from tfcompress.config.constants import DEFAULT_ATTENTION_MASK_FLOOR, DEFAULT_INTEGER_INT8_OPS
 from tfcompress.errors import ArtifactError
 from tfcompress.evaluate.integer import format_offenders, integer_report
-from tfcompress.export.rewrites import migrate_activation_scales, scale_outlier_channels
+from tfcompress.export.rewrites import scale_outlier_channels
+from tfcompress.export.smoothing import migrate_activation_scales
 from tfcompress.export.tflite import convert, representative_features, serving_function
 from tfcompress.models.facts import model_input_names
 from tfcompress.utils import atomic_write_bytes, get_logger
@@ -148,7 +149,7 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
             run on the int16 residual path. ``None``: off. The model is restored afterwards.
         smooth_alpha: migrate per-channel scale out of the LayerNorm outputs that feed the int8 Q/K/V and
             intermediate Dense inputs into those kernels, with this SmoothQuant strength
-            (:func:`tfcompress.export.rewrites.migrate_activation_scales`, the same float function; the
+            (:func:`tfcompress.export.smoothing.migrate_activation_scales`, the same float function; the
             residual reads multiply back in int16). ``None``: off. The model is restored afterwards.
 
     Returns:

@@ -73,7 +73,7 @@ def export_stage(context: Context) -> dict:
                 outlier_percentile=cfg.integer_outlier_percentile or None, smooth_alpha=cfg.integer_smooth_alpha))
             artifacts[-1].update(integer_int8_ops=list(recipe.int8_ops),
                                  outlier_percentile=cfg.integer_outlier_percentile or None,
-                                 smooth_alpha=cfg.integer_smooth_alpha)  # rewrites.migrate_activation_scales
+                                 smooth_alpha=cfg.integer_smooth_alpha)  # smoothing.migrate_activation_scales
             continue
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: tflite.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
