@@ -124,7 +124,7 @@ def test_integer_export_with_migration_shrinks_the_dense_input_steps_and_restore
     # int8 steps shrink (measured 0.020-0.040 -> 0.010-0.016 at alpha 0.75)
     plain, migrated = (sorted(_fully_connected_input_steps(paths[name])) for name in ("integer", "migrated"))
     assert sum(a < b * 0.8 for a, b in zip(migrated, plain)) >= 6, (plain, migrated)
-    with pytest.raises(ValueError, match="smooth_alpha"):
+    with pytest.raises(ValueError, match=r"alpha=2.0: must be in \(0, 1\]"):
         litert_quantizer.to_integer_tflite(model, SEQ_LENGTH, calibration, smooth_alpha=2.0)
 
 

@@ -225,7 +225,8 @@ def weight_zeros(model) -> dict:
 
 def record_fields(model, limit: int = 20) -> dict:
     """``{"integer_only", "integer_check"}`` for an artifact record or manifest: the verdict, the first
-    ``limit`` offenders, their count, the precision table and the MAC shares of :func:`integer_report`."""
+    ``limit`` offenders, their count, the precision table and the MAC shares of :func:`integer_report`, and
+    the zeros among the FULLY_CONNECTED weights (:func:`weight_zeros`: a pruned artifact keeps its sparsity)."""
     report = integer_report(model)
     return {"integer_only": report["integer_only"],
             "integer_check": {"offenders": report["offenders"][:limit], "offender_count": len(report["offenders"]),

@@ -157,14 +157,12 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
 
     Raises:
         IntegerExportError: an op stays float (or int32) after quantization; nothing is written.
-        ValueError: no representative data.
+        ValueError: no representative data, or smooth_alpha outside (0, 1] (from migrate_activation_scales).
     """
     if representative is None:
         raise ValueError("mode='integer' needs representative data to calibrate ranges")
     names = list(input_names or model_input_names(model))
     samples = representative_features(representative, names, seq_length, num_calibration, calibration_seed)
-    if smooth_alpha is not None and not 0 < smooth_alpha <= 1:
-        raise ValueError(f"smooth_alpha={smooth_alpha!r}: must be in (0, 1] or None")
     undos = []
     try:  # the converter reads the (scaled) variables at convert()
         if outlier_percentile:
