@@ -59,17 +59,10 @@ def make_artifact(name, model, seq_length, train, folder, run_dir) -> Path:
 
 
 def fully_connected_input_steps(path) -> dict:
-    """Median and max int8 input scale over the artifact's FULLY_CONNECTED ops (None for float inputs)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    steps = [details[int(op["inputs"][0])]["quantization"][0]
-             for op in interpreter._get_ops_details()  # pylint: disable=protected-access
-             if op["op_name"] == "FULLY_CONNECTED" and details[int(op["inputs"][0])]["dtype"] == np.int8]
+    """Median and max quantization step of the artifact's FULLY_CONNECTED inputs (None when all are float)."""
+    steps = integer.fully_connected_steps(path)
     return {"count": len(steps), "median": float(np.median(steps)) if steps else None,
             "max": float(np.max(steps)) if steps else None}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

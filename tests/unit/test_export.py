@@ -14,7 +14,7 @@ from conftest import SST_ROWS, app_tokenize, build_tiny_model
 from tfcompress._compat import tf
 from tfcompress import release
 from tfcompress.config import constants
-from tfcompress.evaluate import gate
+from tfcompress.evaluate import gate, integer
 from tfcompress.evaluate import runtime
 from tfcompress.export import rewrites
 from tfcompress.export import tflite
@@ -210,15 +210,6 @@ def _model_with_ffn_outlier(factor: float = 60.0):
     return model
 
 
-def _largest_fully_connected_output_step(path) -> float:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    scales = {d["index"]: d["quantization"][0] for d in interpreter.get_tensor_details()}
-    return max(scales[int(op["outputs"][0])] for op in interpreter._get_ops_details()  # pylint: disable=protected-access
-               if op["op_name"] == "FULLY_CONNECTED")
-
-
 def test_outlier_channel_scaling_keeps_float_outputs_and_undoes_exactly():
     model = _model_with_ffn_outlier()
     features = _features(6)
@@ -255,7 +246,7 @@ def test_outlier_channel_scaling_brings_int8_back_to_keras(tmp_path):
                          denylisted_ops=denylist, outlier_percentile=percentile, output_path=path)
         errors[name] = float(np.abs(runtime.TFLiteModel(path).predict(features) - reference).mean())
         muls[name] = runtime.op_names(path).count("MUL")
-        steps[name] = _largest_fully_connected_output_step(path)
+        steps[name] = max(integer.fully_connected_steps(path, "output"))
     for weight, value in zip(model.weights, weights):  # the export left the model as it was
         np.testing.assert_array_equal(weight.numpy(), value)
     # the converter kept the scale and unscale MULs (it folds a MUL that directly follows a

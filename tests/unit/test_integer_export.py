@@ -6,7 +6,7 @@ import pytest
 
 from tfcompress.evaluate import integer, runtime
 from tfcompress.export import litert_quantizer, tflite
-from test_export import (SEQ_LENGTH, _features, _largest_fully_connected_output_step, _model_with_ffn_outlier,
+from test_export import (SEQ_LENGTH, _features, _model_with_ffn_outlier,
                          _model_with_spread, _rows)
 
 
@@ -55,7 +55,7 @@ def test_integer_export_outlier_scaling_runs_on_the_int16_residual_and_restores_
     muls = {name: [op for op in integer.read_graph(path)["ops"] if op["op"] == "MUL"] for name, path in paths.items()}
     assert len(muls["scaled"]) >= len(muls["plain"]) + 2, muls  # the scale and unscale MULs, in int16
     assert all(integer.precision_of(op) == "int16" for op in muls["scaled"])
-    steps = {name: _largest_fully_connected_output_step(path) for name, path in paths.items()}
+    steps = {name: max(integer.fully_connected_steps(path, "output")) for name, path in paths.items()}
     # the planted channel set the coarsest int8 step of any Dense output; scaled, it no longer does
     assert steps["scaled"] < steps["plain"] / 4, steps
 

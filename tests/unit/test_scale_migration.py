@@ -91,15 +91,6 @@ def test_migration_needs_alpha_in_range_and_skips_other_layouts():
     undo()
 
 
-def _fully_connected_input_steps(path) -> list[float]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    scales = {d["index"]: d["quantization"][0] for d in interpreter.get_tensor_details()}
-    return [scales[int(op["inputs"][0])] for op in interpreter._get_ops_details()  # pylint: disable=protected-access
-            if op["op_name"] == "FULLY_CONNECTED"]
-
-
 def test_integer_export_with_migration_shrinks_the_dense_input_steps_and_restores_the_model(tmp_path):
     from tfcompress.evaluate import integer
     from tfcompress.export import litert_quantizer
@@ -122,7 +113,7 @@ def test_integer_export_with_migration_shrinks_the_dense_input_steps_and_restore
     assert all(integer.precision_of(op) == "int16" for op in muls["migrated"])
     # the converter folds gamma into the Dense, not the division: the Q/K/V and intermediate inputs'
     # int8 steps shrink (measured 0.020-0.040 -> 0.010-0.016 at alpha 0.75)
-    plain, migrated = (sorted(_fully_connected_input_steps(paths[name])) for name in ("integer", "migrated"))
+    plain, migrated = (sorted(integer.fully_connected_steps(paths[name])) for name in ("integer", "migrated"))
     assert sum(a < b * 0.8 for a, b in zip(migrated, plain)) >= 6, (plain, migrated)
     with pytest.raises(ValueError, match=r"alpha=2.0: must be in \(0, 1\]"):
         litert_quantizer.to_integer_tflite(model, SEQ_LENGTH, calibration, smooth_alpha=2.0)

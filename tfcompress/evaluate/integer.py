@@ -223,6 +223,25 @@ def weight_zeros(model) -> dict:
     return {"weights": int(weights), "zeros": int(zeros), "zero_fraction": round(zeros / weights, 6) if weights else 0.0}
 
 
+def fully_connected_steps(model, side: str = "input") -> list[float]:
+    """The quantization step (scale) of every FULLY_CONNECTED op's activation ``side`` (``"input"`` or
+    ``"output"``) in a ``.tflite`` (path or bytes), in op order; float (unquantized) tensors are left out."""
+    if side not in ("input", "output"):
+        raise ValueError(f"side={side!r}: must be 'input' or 'output'")
+    schema = _schema()
+    data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+    steps = []
+    for op in read_graph(data)["ops"]:
+        tensors = op["inputs"] if side == "input" else op["outputs"]
+        if op["op"] != "FULLY_CONNECTED" or not tensors:
+            continue
+        quantization = graph.Tensors(tensors[0]["index"]).Quantization()
+        if quantization is not None and quantization.ScaleLength():
+            steps.append(float(quantization.Scale(0)))
+    return steps
+
+
 def record_fields(model, limit: int = 20) -> dict:
     """``{"integer_only", "integer_check"}`` for an artifact record or manifest: the verdict, the first
     ``limit`` offenders, their count, the precision table and the MAC shares of :func:`integer_report`, and
