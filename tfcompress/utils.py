@@ -7,14 +7,13 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from tfcompress._compat import tf
+from tfcompress._compat import keras
 
 
 def _tmp_name(path: Path) -> Path:
@@ -109,10 +108,13 @@ def atomic_dir(final_dir):
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow (op-level seeds stay TF's own)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    tf.random.set_seed(seed)
+    """Seed Python, NumPy, TensorFlow and Keras's own seed generator (op-level seeds stay TF's own).
+
+    ``keras.utils.set_random_seed`` also restarts the generator Keras draws layer seeds from (dropout,
+    initializers): without it, a program that called it earlier with another seed would train other
+    dropout masks than a fresh process with the same ``seed``.
+    """
+    keras.utils.set_random_seed(int(seed))
 
 
 def get_logger(name: str) -> logging.Logger:

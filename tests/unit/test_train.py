@@ -237,3 +237,22 @@ def test_sigterm_stops_at_a_step_boundary_after_a_checkpoint_and_the_rerun_resum
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the fit
     result = Trainer(build_tiny_model("sequence"), "sequence", config, tmp_path / "run").fit(sst_encoded)
     assert result["resumed_from"] == 2 and result["steps"] == 6
+
+
+def test_set_seed_restarts_the_keras_seed_generator():
+    """A run seeded with ``set_seed(7)`` draws the same initial weights and dropout masks whether or
+    not the program called ``keras.utils.set_random_seed`` with another seed before."""
+    from tfcompress._compat import keras, tf
+    from tfcompress.utils import set_seed
+
+    def draw():
+        set_seed(7)
+        dense = keras.layers.Dense(4)
+        dense.build((None, 8))
+        return dense.kernel.numpy(), keras.layers.Dropout(0.5)(tf.ones((1, 64)), training=True).numpy()
+
+    fresh = draw()
+    keras.utils.set_random_seed(123)
+    after_another_seed = draw()
+    for first, second in zip(fresh, after_another_seed):
+        np.testing.assert_array_equal(first, second)
