@@ -199,11 +199,12 @@ def test_mpnet_goes_through_prune_export_and_evaluate(student_run, tiny_mpnet_di
     assert saved["model_type"] == "mpnet"
 
 
-def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tokenizer, monkeypatch):
+def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tokenizer, monkeypatch, capsys):
     """CoNLL chain: an MPNet token teacher (another vocabulary) teaches a BERT student through per-word
     targets; a second run reuses the cached word logits."""
     from conftest import CONLL_TEXT, _save_tiny_mpnet, build_tiny_model
-    from tfcompress.data import readers
+    from tfcompress.config.training import DistillConfig
+    from tfcompress.data import augment, readers
     from tfcompress.models.loading import save_model
 
     data = tmp_path / "conll"
@@ -229,6 +230,37 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
     assert any("train/distill/kd_loss" in row for row in rows)
     _in_process(command + ["--output-dir", str(tmp_path / "second")], monkeypatch)
     assert _stage(tmp_path / "second", "distill")["teacher_logits"]["reused"] is True
+    # masked copies of the sentences: the teacher labels every word of them too (another cache file)
+    _in_process(command + ["--output-dir", str(tmp_path / "third"), "--augment-copies", "1", "--set",
+                           "distill.augment_mask_prob=0.5", "--set", "distill.augment_seed=3"], monkeypatch)
+    augmented = _stage(tmp_path / "third", "distill")
+    ngram_prob = DistillConfig().augment_ngram_prob  # the run's default
+    copies = augment.augment_sentences(train.words, 1, tiny_tokenizer.mask_token, mask_prob=0.5, ngram_prob=ngram_prob,
+                                       seed=3)
+    assert augmented["augmented_examples"] == len(copies) > 0
+    logits = augmented["teacher_logits"]
+    assert logits["reused"] is False
+    assert logits["words"] == sum(len(w) for w in train.words) + sum(len(w) for w in copies)
+    assert logits["student_words_without_target"] == 0
+    # the teacher read the masked words with its own mask token
+    import numpy as np
+
+    from tfcompress.compress import teacher_logits
+
+    with np.load(logits["file"]) as archive:
+        stored = json.loads(str(archive["fields"]))
+    teacher_mask = "<mask>"
+    expected = [list(w) for w in train.words] + [[teacher_mask if w == tiny_tokenizer.mask_token else w for w in s]
+                                                 for s in copies]
+    assert any(teacher_mask in s for s in expected) and stored["texts_sha256"] == teacher_logits.texts_digest(expected)
+    # a teacher of the student's own tokenizer gives no per-word targets: augmented sentences are refused
+    from tfcompress.cli import commands as cli
+
+    same = [a if a != str(tiny_mpnet_token_dir) else str(tmp_path / "student") for a in command]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(same[3:] + ["--output-dir", str(tmp_path / "fourth"), "--augment-copies", "1"])
+    assert exit_info.value.code == 2
+    assert "distill.augment_copies=1: augmented sentences of a token task" in capsys.readouterr().err
 
 
 def test_the_teacher_stage_is_a_side_branch_of_the_hash_chain():

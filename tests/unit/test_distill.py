@@ -136,6 +136,25 @@ def test_kd_loss_matches_reference_formula():
     assert kl > 1e-2  # the two models disagree, so the KL term is really exercised
 
 
+def test_per_word_targets_teach_unlabelled_words_too():
+    """With a teacher mask (per-word targets), the KL term counts every word that has a target,
+    labelled or not (an augmented sentence has no hard label), and nothing else."""
+    rng = np.random.default_rng(2)
+    student_logits = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    teacher_logits = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    padding = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], np.float32)
+    teacher_mask = np.array([[0, 1, 0, 1, 0], [0, 1, 1, 0, 0]], np.float32)  # first sub-tokens with a target
+    labels = np.array([[-100, 1, -100, 3, -100], [-100, -100, -100, -100, -100]], np.int32)  # 2nd: augmented
+    _, terms = distill.logit_losses(tf.constant(student_logits), tf.constant(teacher_logits), tf.constant(labels),
+                                    tf.constant(padding), "token", 0.5, 1.0, teacher_mask=tf.constant(teacher_mask))
+    p_t = np.exp(teacher_logits) / np.exp(teacher_logits).sum(-1, keepdims=True)
+    log_p_s = student_logits - np.log(np.exp(student_logits).sum(-1, keepdims=True))
+    kl = (p_t * (np.log(p_t) - log_p_s)).sum(-1)
+    assert float(terms["distill/kd_loss"]) == pytest.approx(kl[teacher_mask == 1].mean(), rel=1e-5)
+    labelled_only = kl[(teacher_mask == 1) & (labels != IGNORE_INDEX)].mean()
+    assert float(terms["distill/kd_loss"]) != pytest.approx(labelled_only, rel=1e-3)
+
+
 def test_token_task_masks_padding():
     rng = np.random.default_rng(1)
     batch, length, classes = 2, 6, 5
@@ -422,6 +441,20 @@ def test_augment_texts_masks_and_samples_ngrams_deterministically():
     assert augment_texts(texts, copies=0, mask_token="[MASK]") == []
     with pytest.raises(ValueError, match="mask_prob"):
         augment_texts(texts, copies=1, mask_token="[MASK]", mask_prob=1.5)
+
+
+def test_augment_sentences_keeps_whole_words_of_their_source():
+    from tfcompress.data.augment import augment_sentences
+
+    sentences = [["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."], ["Peter", "Blackburn"]]
+    new = augment_sentences(sentences, copies=2, mask_token="[MASK]", mask_prob=0.3, ngram_prob=0.5, seed=1)
+    assert new == augment_sentences(sentences, copies=2, mask_token="[MASK]", mask_prob=0.3, ngram_prob=0.5, seed=1)
+    assert 0 < len(new) <= 4 and all(isinstance(words, list) for words in new)
+    for words in new:
+        assert any(any(all(w in ("[MASK]", s) for w, s in zip(words, source[i:i + len(words)]))
+                       and i + len(words) <= len(source) for i in range(len(source))) for source in sentences), words
+    with pytest.raises(ValueError, match=r"sentence 1: word 'New York'"):
+        augment_sentences([["a"], ["New York"]], copies=1, mask_token="[MASK]")
 
 
 def test_augmentation_config_is_checked():

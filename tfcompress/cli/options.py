@@ -127,11 +127,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfi
                        help="weight of the attention-distribution KL over the layer map, 0 = off (default: %(default)s)")
     group.add_argument("--distill-epochs", type=float, default=defaults.distill_train.epochs,
                        help="epochs of the distill stage (default: %(default)s)")
-    if defaults.task == "sequence":
-        group.add_argument("--augment-copies", type=int, default=d.augment_copies,
-                           help="augmented copies of each training text (word masking, n-gram sampling) the "
-                                "student learns from the teacher's soft labels, 0 = off; needs --alpha < 1 "
-                                "(default: %(default)s)")
+    group.add_argument("--augment-copies", type=int, default=d.augment_copies,
+                       help="augmented copies of each training text or sentence (word masking, n-gram sampling) "
+                            "the student learns from the teacher's soft labels, 0 = off; needs --alpha < 1 "
+                            "(default: %(default)s)")
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:

@@ -138,19 +138,22 @@ def logit_losses(student_logits, teacher_logits, labels, padding_mask, task, alp
         temperature (float | tf.Variable): KL temperature.
 
     Returns:
-        ``(weighted_sum, {"distill/task_loss": CE, "distill/kd_loss": T^2 * KL})``. Token task: both
-        average over positions with a label that are not padding; nothing else reaches the loss.
+        ``(weighted_sum, {"distill/task_loss": CE, "distill/kd_loss": T^2 * KL})``. Token task: CE
+        averages over positions with a label that are not padding, KL too (live teacher).
         Sequence task: CE averages over the examples with a label, KL over every example (augmented
         texts carry ``IGNORE_INDEX`` and only the teacher's soft label). ``teacher_mask`` (token task,
-        ``[B, T]``): where the teacher has a target at all (per-word targets of a teacher with another
-        tokenizer); the KL term also skips the other positions.
+        ``[B, T]``): where the teacher has a target (per-word targets of a teacher with another
+        tokenizer); the KL term then averages over exactly those positions, labelled or not (the words
+        of augmented sentences have no hard label).
     """
     labels = tf.cast(labels, tf.int32)
     mask = tf.cast(tf.not_equal(labels, IGNORE_INDEX), tf.float32)
     kd_mask = None
     if task == "token":
         mask *= tf.cast(padding_mask, tf.float32)
-        kd_mask = mask if teacher_mask is None else mask * tf.cast(teacher_mask, tf.float32)
+        # per-word targets (another tokenizer): wherever the teacher has one, labelled or not (the words
+        # of augmented sentences carry no hard label); a live teacher: at the labelled positions
+        kd_mask = mask if teacher_mask is None else tf.cast(padding_mask, tf.float32) * tf.cast(teacher_mask, tf.float32)
     terms = {"distill/task_loss": task_loss(student_logits, labels, mask)}
     total = alpha * terms["distill/task_loss"]
     if alpha < 1.0:

@@ -361,9 +361,6 @@ class RecipeConfig:
         if self.stages != sorted(self.stages, key=STAGE_ORDER.index):
             raise ConfigError(f"stages={self.stages!r} (--stages): out of order; the chain runs "
                               f"{' -> '.join(s for s in STAGE_ORDER if s in self.stages)}")
-        if self.distill.augment_copies and self.task != "sequence":
-            raise ConfigError(f"distill.augment_copies={self.distill.augment_copies}: augmentation is for "
-                             f"sequence tasks (word masking, n-gram sampling); task is {self.task!r}")
         if self.prune_distill.augment_copies:
             raise ConfigError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
                              "stage does not augment; set distill.augment_copies")

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from tfcompress.config.constants import DERIVED_MASK_UPDATES, SCHEDULES, STRUCTURES, TEMPERATURE_SCHEDULES
+from tfcompress.config.constants import (DERIVED_MASK_UPDATES, QAT_TARGETS, SCHEDULES, STRUCTURES,
+                                         TEMPERATURE_SCHEDULES)
 from tfcompress.errors import ConfigError
 
 
@@ -297,10 +298,11 @@ class DistillConfig:
         cache_max_megabytes (int): refuse to cache more than this (hidden states and attention maps
             of a large training set do not fit in memory: SST-2, 67k x ~25 tokens x 384 x 3 layers x
             4 bytes = 7.7 GB of hidden states).
-        augment_copies (int): sequence task: add up to this many augmented copies of each training
-            text (:func:`tfcompress.augment.augment_texts`: word masking and n-gram sampling) that the
-            student learns from the teacher's soft labels alone (their hard label is ignored). 0 = off.
-            Needs ``alpha < 1`` (they carry no hard label).
+        augment_copies (int): add up to this many augmented copies of each training text
+            (:func:`tfcompress.augment.augment_texts`: word masking and n-gram sampling; token task:
+            of each sentence's words, :func:`tfcompress.augment.augment_sentences`, the teacher's
+            per-word logits as targets) that the student learns from the teacher's soft labels alone
+            (their hard labels are ignored). 0 = off. Needs ``alpha < 1`` (they carry no hard label).
         augment_mask_prob (float): per-word masking probability of the augmentation.
         augment_ngram_prob (float): probability an augmented text keeps only an n-gram of <= 5 words.
         augment_seed (int | None): seed of the augmentation; None = the stage's training seed. Fix it
@@ -437,6 +439,12 @@ class QATConfig:
         exclude (str | None): regex; drops matching candidates.
         calibration_examples (int): examples :func:`apply` runs through :func:`calibrate_ranges`
             when it is given calibration data.
+        target (str): the artifact QAT trains for. ``"int8"`` (default): fake quant on the Dense kernels
+            and outputs only. ``"integer"``: also TFMOT fake quant on the activations the ``integer``
+            export quantizes (LayerNorm inputs/outputs and softmax inputs int16, attention probabilities
+            int8, :mod:`tfcompress.compress.qat_integer`), trained on that export's graph; the learned
+            ranges are saved beside the model (``integer_ranges.json``) and replace calibration in the
+            ``integer`` artifact. BERT, MiniLM, RoBERTa and ELECTRA.
 
     Raises:
         ValueError: naming the field and the bad value (on construction, :meth:`validate`).
@@ -447,6 +455,7 @@ class QATConfig:
     include: str | None = None
     exclude: str | None = None
     calibration_examples: int = 64
+    target: str = "int8"
 
     def __post_init__(self):
         self.validate()
@@ -462,6 +471,8 @@ class QATConfig:
         if (isinstance(self.calibration_examples, bool) or not isinstance(self.calibration_examples, int)
                 or self.calibration_examples < 1):
             bad("calibration_examples", "must be an integer >= 1")
+        if self.target not in QAT_TARGETS:
+            bad("target", f"must be one of {list(QAT_TARGETS)}")
         _check_layer_patterns(self, bad)
 
 

@@ -12,7 +12,8 @@ Tang et al., "Distilling Task-Specific Knowledge from BERT into Simple Neural Ne
   ``n`` uniform in ``[1, max_ngram]``.
 
 (Their third rule, POS-guided word replacement, needs a tagger and is left out.) Words are
-whitespace-separated, as in SST-2's tokenised sentences. Each source text yields up to ``copies``
+whitespace-separated, as in SST-2's tokenised sentences; :func:`augment_sentences` applies the same
+rules to a token task's word lists (CoNLL-2003), where the teacher then labels every word. Each source text yields up to ``copies``
 distinct new texts; texts equal to a source text or already produced are dropped, so the set is
 deduplicated and never repeats a labelled example. The teacher labels them (soft labels only: their
 hard label is ``IGNORE_INDEX``), see :class:`tfcompress.distill.DistillConfig` ``augment_copies``.
@@ -76,3 +77,21 @@ def augment_texts(texts: Sequence[str], copies: int, mask_token: str, mask_prob:
                 new.append(candidate)
                 made += 1
     return new
+
+
+def augment_sentences(sentences: Sequence[Sequence[str]], copies: int, mask_token: str, mask_prob: float = 0.1,
+                      ngram_prob: float = 0.0, max_ngram: int = 5, seed: int = 0) -> list[list[str]]:
+    """:func:`augment_texts` for a token task: new word lists made from ``sentences`` (lists of words).
+
+    An n-gram keeps whole words, so every word of a new sentence is a source word or ``mask_token``.
+    Raises ``ValueError`` naming the sentence and word when a word is empty or holds whitespace (it
+    would not survive the round trip through text).
+    """
+    for index, words in enumerate(sentences):
+        for word in words:
+            if not word or len(word.split()) != 1 or word.strip() != word:
+                raise ValueError(f"sentence {index}: word {word!r} is empty or holds whitespace; "
+                                 "augmentation needs whitespace-free words")
+    texts = augment_texts([" ".join(words) for words in sentences], copies, mask_token, mask_prob=mask_prob,
+                          ngram_prob=ngram_prob, max_ngram=max_ngram, seed=seed)
+    return [text.split(" ") for text in texts]

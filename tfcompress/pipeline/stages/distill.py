@@ -2,8 +2,11 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+
+import numpy as np
 
 from tfcompress._compat import keras
 from tfcompress.compress import distill, teacher_logits
@@ -21,7 +24,8 @@ log = get_logger("pipeline")
 
 
 def _augmented_texts(context: "Context") -> list:
-    """``distill.augment_copies`` augmented copies of the training texts ([] when augmentation is off)."""
+    """``distill.augment_copies`` augmented copies of the training texts (token task: of the training
+    sentences' word lists); [] when augmentation is off."""
     config = context.config.distill
     if not config.augment_copies:
         return []
@@ -29,11 +33,12 @@ def _augmented_texts(context: "Context") -> list:
     if tokenizer.mask_token is None:
         raise ConfigError(f"DistillConfig.augment_copies={config.augment_copies}: the tokenizer has no mask token")
     examples = context.examples("train")
-    texts = augment.augment_texts(examples.texts, config.augment_copies, tokenizer.mask_token,
-                                  mask_prob=config.augment_mask_prob, ngram_prob=config.augment_ngram_prob,
-                                  seed=_augment_seed(context))
-    log.info("distill: %d augmented texts (%d copies asked per %d training texts), soft labels only",
-             len(texts), config.augment_copies, len(examples))
+    make = augment.augment_sentences if context.config.task == "token" else augment.augment_texts
+    texts = make(examples.words if context.config.task == "token" else examples.texts, config.augment_copies,
+                 tokenizer.mask_token, mask_prob=config.augment_mask_prob, ngram_prob=config.augment_ngram_prob,
+                 seed=_augment_seed(context))
+    log.info("distill: %d augmented %s (%d copies asked per %d training examples), soft labels only", len(texts),
+             "sentences" if context.config.task == "token" else "texts", config.augment_copies, len(examples))
     return texts
 
 
@@ -43,7 +48,14 @@ def _augment_seed(context: "Context") -> int:
 
 
 def _unlabelled(context: "Context", texts: list, source: str):
+    """Examples without hard labels: ``IGNORE_INDEX`` labels (sequence task), or word lists whose tags
+    are a placeholder (token task: :func:`_training_data` drops their labels after encoding)."""
     examples = context.examples("train")
+    if context.config.task == "token":
+        filler = examples.label_names[0]
+        return readers.TokenClassificationExamples(words=[list(words) for words in texts],
+                                                   tags=[[filler] * len(words) for words in texts],
+                                                   label_names=list(examples.label_names), source=source)
     return readers.TextClassificationExamples(texts=list(texts), labels=[IGNORE_INDEX] * len(texts),
                                               label_names=list(examples.label_names), source=source)
 
@@ -56,6 +68,8 @@ def _training_data(context: "Context", augmented: list):
     source = f"{context.examples('train').source} (augmented)"
     encoded = encoding.encode(context.tokenizer(), _unlabelled(context, augmented, source),
                               max_length=context.config.data.max_length, input_names=train.input_names)
+    if encoded.task == "token":  # soft labels only: no word of an augmented sentence has a hard label
+        encoded = dataclasses.replace(encoded, labels=[np.full_like(labels, IGNORE_INDEX) for labels in encoded.labels])
     return encoding.concatenate([train, encoded])
 
 
@@ -94,23 +108,32 @@ def _student_init(context: "Context", same: bool) -> str:
     return init
 
 
+def _teacher_mask(context: "Context", teacher_tokenizer) -> str:
+    """The teacher's mask token, which reads the words an augmented example masked for the student."""
+    if teacher_tokenizer.mask_token is None:
+        raise ConfigError(f"distill.augment_copies={context.config.distill.augment_copies}: the teacher "
+                          f"{_teacher_path(context)} has no mask token to read the masked copies with")
+    return teacher_tokenizer.mask_token
+
+
+def _augmentation(context: "Context", augmented: list) -> dict:
+    """What the augmented examples depend on (part of the teacher-logits cache key); {} without them."""
+    config = context.config.distill
+    return {} if not augmented else {"copies": config.augment_copies, "mask_prob": config.augment_mask_prob,
+                                     "ngram_prob": config.augment_ngram_prob, "seed": _augment_seed(context)}
+
+
 def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augmented: list) -> tuple:
     """The teacher's logits for every training text (then the augmented ones), each read with the
     teacher's own tokenizer, from the on-disk cache or computed into it."""
     config = context.config
     # An augmented text masks words with the student's mask token; the teacher reads its own.
-    student_mask, teacher_mask = context.tokenizer().mask_token, teacher_tokenizer.mask_token
-    if augmented and teacher_mask is None:
-        raise ConfigError(f"distill.augment_copies={config.distill.augment_copies}: the teacher "
-                          f"{_teacher_path(context)} has no mask token to read the masked copies with")
+    student_mask = context.tokenizer().mask_token
     texts = list(context.examples("train").texts) + list(augmented)
-    if teacher_mask is not None and student_mask:
-        texts = [text.replace(student_mask, teacher_mask) for text in texts]
-    augmentation = {} if not augmented else {
-        "copies": config.distill.augment_copies, "mask_prob": config.distill.augment_mask_prob,
-        "ngram_prob": config.distill.augment_ngram_prob, "seed": _augment_seed(context)}
+    if augmented and student_mask:
+        texts = [text.replace(student_mask, _teacher_mask(context, teacher_tokenizer)) for text in texts]
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config), texts,
-                                         config.data.max_length, augmentation, dtype=_policy())
+                                         config.data.max_length, _augmentation(context, augmented), dtype=_policy())
     cache = _cache(context)
     data = encoding.encode(teacher_tokenizer, _unlabelled(context, texts, "teacher view"),
                            max_length=config.data.max_length, input_names=model_input_names(teacher))
@@ -127,21 +150,27 @@ def _cache(context: "Context") -> "teacher_logits.TeacherLogitCache":
     return teacher_logits.TeacherLogitCache(Path(directory))
 
 
-def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer, train) -> tuple:
-    """Token task: the teacher's logits at the first sub-token of every training word (its own
-    tokenizer), cached on disk per word, placed at the student's first sub-token of the same word.
+def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer, train, augmented: list) -> tuple:
+    """Token task: the teacher's logits at the first sub-token of every training word, then of every
+    word of the augmented sentences (its own tokenizer, its own mask token), cached on disk per word,
+    placed at the student's first sub-token of the same word.
     Returns ``(values, mask, info)`` for :meth:`Distiller.use_teacher_token_logits`."""
     config = context.config
-    examples = context.examples("train")
     max_length = config.data.max_length
+    words = [list(sentence) for sentence in context.examples("train").words] + [list(s) for s in augmented]
+    teacher_words = words
+    if augmented:  # the masked words, read with the teacher's own mask token
+        student_mask, teacher_mask = context.tokenizer().mask_token, _teacher_mask(context, teacher_tokenizer)
+        teacher_words = [[teacher_mask if word == student_mask else word for word in sentence] for sentence in words]
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config),
-                                         examples.words, max_length, dtype=_policy())
-    fields["num_rows"] = sum(len(words) for words in examples.words)
-    data = encoding.encode(teacher_tokenizer, examples, max_length=max_length, input_names=model_input_names(teacher))
-    positions = teacher_logits.word_positions(teacher_tokenizer, examples.words, max_length)
+                                         teacher_words, max_length, _augmentation(context, augmented), dtype=_policy())
+    fields["num_rows"] = sum(len(sentence) for sentence in words)
+    data = encoding.encode(teacher_tokenizer, _unlabelled(context, teacher_words, "teacher view"), max_length=max_length,
+                           input_names=model_input_names(teacher))
+    positions = teacher_logits.word_positions(teacher_tokenizer, teacher_words, max_length)
     word_logits, info = _cache(context).load_or_compute_words(fields, teacher, data, positions,
                                                               batch_size=config.distill_train.eval_batch_size)
-    student_positions = teacher_logits.word_positions(context.tokenizer(), examples.words, max_length)
+    student_positions = teacher_logits.word_positions(context.tokenizer(), words, max_length)
     values, mask, masked = teacher_logits.align_to_student(word_logits, student_positions, train.lengths())
     info["student_words_without_target"] = masked
     if masked:
@@ -169,6 +198,11 @@ def distill_stage(context: Context) -> dict:
     teacher = _load_teacher(context, teacher_path)
     teacher_tokenizer = loading.load_tokenizer(teacher_path)
     same = _same_tokenizer(teacher, teacher_tokenizer, context)
+    if same and config.task == "token" and config.distill.augment_copies:
+        raise ConfigError(f"distill.augment_copies={config.distill.augment_copies}: augmented sentences of a token "
+                          "task are taught through the per-word targets of a teacher with another tokenizer; "
+                          f"{teacher_path} tokenizes like the student and teaches at the labelled sub-tokens only "
+                          "(set augment_copies to 0)")
     init = _student_init(context, same)
     if init == "teacher":
         student = make_student(teacher, num_layers=config.student.num_layers)
@@ -185,7 +219,8 @@ def distill_stage(context: Context) -> dict:
     if not same and not needs_teacher:
         log.info("distill: alpha=1.0, the student learns from the labels only; no teacher logits computed")
     elif not same and config.task == "token":
-        values, mask, logits_file = _cross_tokenizer_word_targets(context, teacher, teacher_tokenizer, train)
+        values, mask, logits_file = _cross_tokenizer_word_targets(context, teacher, teacher_tokenizer, train,
+                                                                       augmented)
         cache = distiller.use_teacher_token_logits(values, mask, train.lengths())
     elif not same:
         logits, logits_file = _cross_tokenizer_logits(context, teacher, teacher_tokenizer, augmented)
