@@ -4,7 +4,8 @@
 For a finished run folder: the Keras model the artifacts came from (the export stage's source), its
 released ``int8`` artifact as it is, and freshly made ``integer`` variants (LiteRT quantizer:
 ``integer`` = the default recipe with outlier scaling, ``integer-plain`` without it, ``integer-int16``
-every op int16, ``integer-fc`` only FULLY_CONNECTED in int8, ``integer-smooth<alpha>`` (e.g.
+every op int16, ``integer-fc`` only FULLY_CONNECTED in int8, ``integer-learned`` the default recipe with the ranges a
+``qat.target=integer`` QAT run saved beside the source model, ``integer-smooth<alpha>`` (e.g.
 ``integer-smooth0.5``) the default recipe plus scale migration from the LayerNorm outputs into the
 Dense kernels that read them, ``smoothing.migrate_activation_scales``) and ``int16x8`` (stock converter). Each
 runs with ai-edge-litert on the given SST-2 files: accuracy, agreement with Keras, max logit
@@ -31,6 +32,7 @@ import numpy as np
 
 from _common import write_results
 from tfcompress.cli.options import default_data_dir
+from tfcompress.compress import qat_integer
 from tfcompress.data import encoding, readers
 from tfcompress.evaluate import integer, metrics, runtime
 from tfcompress.export import litert_quantizer, tflite
@@ -44,10 +46,17 @@ RECIPES = {"integer": ({}, 90.0), "integer-plain": ({}, None), "integer-int16": 
 SMOOTH_PREFIX = "integer-smooth"
 
 
-def make_artifact(name, model, seq_length, train, folder, run_dir) -> Path:
+def make_artifact(name, model, seq_length, train, folder, run_dir, source) -> Path:
     if name == "int8":
         return run_dir / "export" / "int8.tflite"  # the released float-island artifact, as it is
     path = folder / f"{name}.tflite"
+    if name == "integer-learned":  # a model QAT-trained with qat.target=integer: its learned ranges
+        learned = qat_integer.read_ranges(source)
+        if not learned:
+            raise SystemExit(f"integer-learned: {source} holds no learned ranges (QAT with --set qat.target=integer)")
+        litert_quantizer.to_integer_tflite(model, seq_length, train, output_path=path,
+                                           outlier_percentile=RECIPES["integer"][1], learned_ranges=learned)
+        return path
     if name in RECIPES or name.startswith(SMOOTH_PREFIX):
         fields, percentile = RECIPES.get(name, RECIPES["integer"])
         alpha = float(name[len(SMOOTH_PREFIX):]) if name.startswith(SMOOTH_PREFIX) else None
@@ -96,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for variant in args.variants.split(","):
             started = time.time()
-            path = make_artifact(variant, model, seq_length, train, Path(folder), args.run_dir)
+            path = make_artifact(variant, model, seq_length, train, Path(folder), args.run_dir, source)
             check = integer.integer_report(path)
             artifact = runtime.TFLiteModel(path, num_threads=2)
             row = {"integer_only": check["integer_only"], "offenders": len(check["offenders"]),

@@ -380,6 +380,25 @@ def test_qat_stage_runs_in_the_chain_and_exports_an_int8_artifact_that_keeps_spa
     assert export["name"] == "export" and export["input_model"] == str(out / "qat" / "model")
 
 
+def test_qat_target_integer_runs_through_the_chain_into_the_integer_artifact(tiny_run, monkeypatch):
+    """``--set qat.target=integer``: the qat stage records its target and fake-quant points and saves the
+    learned ranges beside its model; the ``integer`` export takes them and stays integer-only."""
+    from tfcompress.evaluate import integer
+
+    command, out = tiny_run
+    command = [part if part != "fp32,int8" else "integer" for part in command]
+    _in_process(command + ["--qat-epochs", "1", "--stages", "qat,export", "--set", "qat.target=integer"], monkeypatch)
+    report = json.loads((out / "report.json").read_text())
+    qat = report["stages"][0]
+    # 2 blocks: 5 LayerNorms x (input, output) + 2 softmax inputs + 2 probabilities; 12 Dense wrappers
+    assert (qat["qat_target"], qat["fake_quant_activations"], qat["fake_quant_dense"]) == ("integer", 14, 12)
+    ranges = json.loads((out / "qat" / "model" / "integer_ranges.json").read_text())["points"]
+    assert len(ranges) == qat["learned_ranges"] == 12 + 6  # + the Q/K/V matmul inputs
+    artifact = report["stages"][1]["artifacts"][0]
+    assert artifact["name"] == "integer" and artifact["qat_learned_ranges"] == len(ranges)
+    assert integer.integer_report(out / "export" / "integer.tflite")["integer_only"]
+
+
 def test_prune_from_another_folder_measures_its_input_model(tiny_run, monkeypatch):
     """A prune stage whose input model no stage of this run saved evaluates that model (not another
     one) on the test set before pruning it, and records the result as ``input_metrics``."""
@@ -485,7 +504,7 @@ def test_finetune_with_mean_pooling_saves_a_mean_head(tiny_run, monkeypatch):
     assert saved["architectures"] == ["BertMeanPoolingForSequenceClassification"]
 
 
-def test_augmentation_changes_the_distill_hash_and_is_for_sequence_tasks_only():
+def test_augmentation_changes_the_distill_hash():
     config = recipe.RecipeConfig(stages=["finetune", "distill", "prune"])
     assert runner.stage_config(config, "distill")["distill"]["augment_copies"] == 0
     before = runner.stage_hashes(config)
@@ -493,8 +512,8 @@ def test_augmentation_changes_the_distill_hash_and_is_for_sequence_tasks_only():
     after = runner.stage_hashes(config)
     assert [n for n in before if before[n] != after[n]] == ["distill", "prune"]
     config.validate()
-    config.task = "token"
-    with pytest.raises(ValueError, match="distill.augment_copies=2: augmentation is for sequence"):
+    config.prune_distill.augment_copies = 1
+    with pytest.raises(ValueError, match="prune_distill.augment_copies=1: the prune stage does not augment"):
         config.validate()
 
 

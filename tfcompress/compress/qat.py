@@ -65,7 +65,9 @@ Caveats:
     * While wrapped, ``dense.kernel`` is TFMOT's fake-quantized tensor of the last trace, not the
       variable: read :func:`kernel_variable` (or :func:`strip` first).
     * Only ``Dense`` layers are wrapped; the attention matmuls, softmax, GELU and LayerNorm get their
-      int8 ranges from post-training calibration at conversion, not from training.
+      int8 ranges from post-training calibration at conversion, not from training. For the ``integer``
+      artifact, ``QATConfig(target="integer")`` also trains the LayerNorm, residual and softmax ranges
+      (:mod:`tfcompress.compress.qat_integer`, :func:`learned_ranges`).
 
 Caveat: DistilBERT subtracts ``1e30 * (1 - mask)`` inside each attention layer, not through a
 shared extended mask; :func:`quantization_friendly` raises ``NotImplementedError`` for it.
@@ -75,6 +77,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfcompress._compat import tf
+from tfcompress.compress import qat_integer
 from tfcompress.config.constants import PRUNED_ZERO_FRACTION
 from tfcompress.config.training import QATConfig
 from tfcompress.export.rewrites import restore_call
@@ -118,6 +121,8 @@ def _select(model, config: QATConfig) -> list:
     if wrapped:
         raise ValueError(f"model already holds {len(wrapped)} QAT wrappers (e.g. {wrapped[0].path}); "
                          "call qat.strip(model) before applying QAT again")
+    if qat_integer.points_layer(model) is not None:
+        raise ValueError("model already holds integer QAT points; call qat.strip(model) before applying QAT again")
     from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
     pruning = find_layers(model, kinds=(PruneLowMagnitude,))
@@ -176,6 +181,7 @@ def apply(model, config: QATConfig | None = None, calibration=None):
         if preserve:
             preserved.append(ref.path)
         replace_layer(ref, wrapper_class(ref.layer, quantize_config))
+    points = qat_integer.install(model) if config.target == "integer" else []
     dummy = getattr(model, "dummy_inputs", None)
     if dummy is not None:
         # Builds the wrappers eagerly: the prune-preserving quantizer takes its zero mask from the
@@ -185,6 +191,9 @@ def apply(model, config: QATConfig | None = None, calibration=None):
         calibrate_ranges(model, calibration, num_examples=config.calibration_examples)
     log.info("QAT: wrapped %d Dense layers in QuantizeWrapperV2 (TFMOT default 8-bit), %d of them "
              "prune-preserving: %s", len(refs), len(preserved), ", ".join(ref.path for ref in refs))
+    if points:
+        log.info("QAT target integer: %d activation fake-quant points (LayerNorm inputs/outputs and softmax "
+                 "inputs int16, attention probabilities int8)", len(points))
     return model
 
 
@@ -224,8 +233,11 @@ def calibrate_ranges(model, representative, num_examples: int = 64, batch_size: 
         num_examples: examples to run (eagerly, ``training=False``).
         batch_size: examples per forward pass.
 
+    With ``QATConfig(target="integer")`` the learned activation points start at the data's range too
+    (symmetric: ``+-max(|min|, |max|)``).
+
     Returns:
-        ``{layer path: (min, max)}`` as set.
+        ``{layer path or point: (min, max)}`` as set.
     """
     refs = _wrapper_refs(model)
     if not refs:
@@ -254,8 +266,9 @@ def calibrate_ranges(model, representative, num_examples: int = 64, batch_size: 
         previous_calls.append((wrapper, vars(wrapper).get("call")))
         wrapper.call = call
     try:
-        for features in _feature_batches(representative, num_examples, batch_size):
-            model({k: tf.constant(v) for k, v in features.items()}, training=False)
+        with qat_integer.observing(model) as points:  # the integer target's activation points, if any
+            for features in _feature_batches(representative, num_examples, batch_size):
+                model({k: tf.constant(v) for k, v in features.items()}, training=False)
     finally:
         for wrapper, previous in previous_calls:
             restore_call(wrapper, previous)
@@ -268,7 +281,24 @@ def calibrate_ranges(model, representative, num_examples: int = 64, batch_size: 
             ranges["post_activation_max"].assign(high)
             out[ref.path] = (low, high)
     log.info("QAT: output ranges of %d wrapped layers calibrated on representative data", len(out))
-    return out
+    if points:
+        log.info("QAT: ranges of %d integer activation points calibrated", len(points))
+    return {**out, **points}
+
+
+def learned_ranges(model) -> dict[str, dict]:
+    """The ranges the ``integer`` artifact takes from training (``QATConfig(target="integer")``), for
+    :func:`tfcompress.compress.qat_integer.save_ranges`: every learned activation point and the Q/K/V
+    Dense outputs (the attention matmuls' int8 inputs). ``{}`` for a model without integer points."""
+    if qat_integer.points_layer(model) is None:
+        return {}
+    dense = {}
+    for ref in _wrapper_refs(model):
+        ranges = _range_variables(ref.layer)
+        if "post_activation_min" in ranges:
+            dense[ref.path] = (float(ranges["post_activation_min"].numpy()),
+                               float(ranges["post_activation_max"].numpy()))
+    return qat_integer.learned_ranges(model, dense)
 
 
 def quantized_layers(model) -> list[str]:
@@ -307,6 +337,9 @@ def strip(model):
     weight decay) stay exactly zero; the re-masking is a guard for optimizers that would move them
     anyway (e.g. coupled L2 with momentum from an earlier run), not something the tests need.
     Weight names are those the layers were built with, so ``save_model``/``load_model`` round-trip.
+    The integer target's activation points go too, and the LayerNorm, self-attention, encoder and main
+    layer calls are the model's own again (:func:`tfcompress.compress.qat_integer.remove`); read
+    :func:`learned_ranges` before stripping.
 
     Args:
         model: a model that went through :func:`apply` (one without wrappers is returned as is).
@@ -327,8 +360,9 @@ def strip(model):
                                     getattr(wrapper, "_quantize_activations", [])):
             setattr(inner, attr, activation.activation)
         replace_layer(ref, inner)
-    if refs:
-        log.info("stripped %d QAT wrappers", len(refs))
+    points = qat_integer.remove(model)
+    if refs or points:
+        log.info("stripped %d QAT wrappers and %d integer activation points", len(refs), points)
     return model
 
 
@@ -376,13 +410,15 @@ class QATHook(Hook):
         self._set_steps(step + 1)
 
     def summaries(self, trainer, step: int) -> dict:
-        """Each wrapper's output range width (``post_activation_max - post_activation_min``)."""
+        """Each wrapper's output range width (``post_activation_max - post_activation_min``) and, for the
+        integer target, each learned activation point's half-width (``qat/integer_range/<point>``)."""
         out = {}
         for ref, wrapper in zip(self.refs, self.wrappers):
             ranges = _range_variables(wrapper)
             if "post_activation_min" in ranges and "post_activation_max" in ranges:
                 width = float(ranges["post_activation_max"].numpy() - ranges["post_activation_min"].numpy())
                 out[f"qat/output_range/{ref.path}"] = width
+        out.update(qat_integer.summaries(trainer.model))
         return out
 
 

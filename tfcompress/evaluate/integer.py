@@ -54,6 +54,11 @@ def _names_of(enum_class) -> dict[int, str]:
     return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
 
 
+def _flatbuffer(model) -> bytes:
+    """The bytes of a ``.tflite`` given as a path or as bytes."""
+    return bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+
+
 def read_graph(model) -> dict:
     """The main subgraph of a ``.tflite`` (path or bytes) as plain rows.
 
@@ -66,7 +71,7 @@ def read_graph(model) -> dict:
         ArtifactError: the bytes are not a TFLite flatbuffer.
     """
     schema = _schema()
-    data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    data = _flatbuffer(model)
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ArtifactError(f"{model if not isinstance(model, (bytes, bytearray)) else 'bytes'}: not a "
                             f"TFLite flatbuffer (file identifier {data[4:8]!r}, expected b'TFL3')")
@@ -203,7 +208,7 @@ def weight_zeros(model) -> dict:
     stored (int8 after quantization: a pruned weight must still be exactly 0 there, which symmetric
     weight quantization keeps). ``{"weights": count, "zeros": count, "zero_fraction": share}``."""
     schema = _schema()
-    data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    data = _flatbuffer(model)
     root = schema.Model.GetRootAs(data, 0)
     graph = root.Subgraphs(0)
     dtypes = {schema.TensorType.INT8: np.int8, schema.TensorType.FLOAT32: np.float32,
@@ -229,7 +234,7 @@ def fully_connected_steps(model, side: str = "input") -> list[float]:
     if side not in ("input", "output"):
         raise ValueError(f"side={side!r}: must be 'input' or 'output'")
     schema = _schema()
-    data = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    data = _flatbuffer(model)
     graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
     steps = []
     for op in read_graph(data)["ops"]:
@@ -239,6 +244,21 @@ def fully_connected_steps(model, side: str = "input") -> list[float]:
         quantization = graph.Tensors(tensors[0]["index"]).Quantization()
         if quantization is not None and quantization.ScaleLength():
             steps.append(float(quantization.Scale(0)))
+    return steps
+
+
+def tensor_steps(model) -> dict[str, float]:
+    """``{tensor name: quantization step}`` of every per-tensor quantized tensor of a ``.tflite`` (path or
+    bytes); per-channel weights and float tensors are left out."""
+    schema = _schema()
+    data = _flatbuffer(model)
+    graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+    steps = {}
+    for index in range(graph.TensorsLength()):
+        item = graph.Tensors(index)
+        quantization = item.Quantization()
+        if quantization is not None and quantization.ScaleLength() == 1:
+            steps[(item.Name() or b"").decode()] = float(quantization.Scale(0))
     return steps
 
 

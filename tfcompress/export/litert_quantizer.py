@@ -29,10 +29,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
+
 from tfcompress._compat import tf
+from tfcompress.compress import qat_integer
 from tfcompress.config.constants import DEFAULT_ATTENTION_MASK_FLOOR, DEFAULT_INTEGER_INT8_OPS
 from tfcompress.errors import ArtifactError
-from tfcompress.evaluate.integer import format_offenders, integer_report
+from tfcompress.evaluate.integer import format_offenders, integer_report, read_graph
 from tfcompress.export.rewrites import scale_outlier_channels
 from tfcompress.export.smoothing import migrate_activation_scales
 from tfcompress.export.tflite import convert, representative_features, serving_function
@@ -90,25 +93,79 @@ class IntegerRecipe:
 
 
 def float_graph(model, seq_length: int, input_names: Sequence[str] | None = None,
-                attention_mask_floor: float = DEFAULT_ATTENTION_MASK_FLOOR) -> bytes:
-    """The float ``.tflite`` of the integer-friendly graph (what the quantizer starts from)."""
+                attention_mask_floor: float = DEFAULT_ATTENTION_MASK_FLOOR, points: dict | None = None) -> bytes:
+    """The float ``.tflite`` of the integer-friendly graph (what the quantizer starts from).
+
+    With ``points`` (a dict), the model is traced through the integer QAT's patched calls
+    (:func:`tfcompress.compress.qat_integer.recording`, the same float function) and ``points`` fills
+    with ``{point: graph op name}``."""
     names = list(input_names or model_input_names(model))
-    concrete = serving_function(model, seq_length, names, friendly=True, attention_mask_floor=attention_mask_floor,
-                                integer_only=True)
+    if points is None:
+        concrete = serving_function(model, seq_length, names, friendly=True,
+                                    attention_mask_floor=attention_mask_floor, integer_only=True)
+    else:
+        with qat_integer.recording(model, attention_mask_floor) as recorded:
+            concrete = serving_function(model, seq_length, names, friendly=False)
+        points.update(recorded)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return convert(converter)
 
 
+def learned_tensor_ranges(float_content: bytes, points: dict[str, str], ranges: dict[str, dict]) -> dict:
+    """``{float .tflite tensor name: (min, max)}`` for every learned range (``qat_integer.read_ranges``).
+
+    A point's tensor is the op output whose ``;``-joined name holds the point's graph op name
+    (``points``, from :func:`float_graph`), first in the name where fused names share it. The RESHAPE
+    and TRANSPOSE ops that produce it get the same range: the quantizer gives such a chain one scale,
+    taken from its first tensor (for the attention's Q/K/V, the FULLY_CONNECTED output).
+
+    Raises:
+        IntegerExportError: a point that was not traced, or whose tensor the converter did not keep.
+    """
+    graph = read_graph(float_content)
+    producers = {tensor["name"]: op for op in graph["ops"] for tensor in op["outputs"]}
+    out = {}
+    for point, learned in ranges.items():
+        op_name = points.get(point)
+        if op_name is None:
+            raise IntegerExportError(f"learned range of {point!r}: the model has no such point in the traced graph "
+                                     "(was it QAT-trained from another architecture or layer count?)")
+        candidates = [name for name in producers if op_name in name.split(";")]
+        first = [name for name in candidates if name.split(";")[0] == op_name]
+        found = first if first else candidates
+        if len(found) != 1:
+            raise IntegerExportError(f"learned range of {point!r}: graph op {op_name!r} is "
+                                     f"{'not kept' if not found else 'ambiguous'} in the float .tflite "
+                                     f"({len(found)} tensors), cannot place its range")
+        name = found[0]
+        while True:
+            out[name] = (float(learned["min"]), float(learned["max"]))
+            op = producers.get(name)
+            if op is None or op["op"] not in ("RESHAPE", "TRANSPOSE") or op["inputs"][0]["name"] not in producers:
+                break
+            name = op["inputs"][0]["name"]
+    return out
+
+
 def quantize(float_content: bytes, samples: list[dict], recipe: IntegerRecipe | None = None,
-             num_threads: int = 2) -> bytes:
+             num_threads: int = 2, learned: dict[str, tuple[float, float]] | None = None) -> bytes:
     """Calibrate ``float_content`` on ``samples`` (feature dicts) and quantize it by ``recipe``;
-    raise :class:`IntegerExportError` naming the offending ops if the result is not integer-only."""
+    raise :class:`IntegerExportError` naming the offending ops if the result is not integer-only.
+    ``learned`` (``{tensor name: (min, max)}``, :func:`learned_tensor_ranges`) replaces those tensors'
+    calibrated min/max (the quantizer's step is then ``max(|min|, |max|) / 32767`` for int16,
+    ``(max - min) / 255`` for int8)."""
     from ai_edge_quantizer import quantizer as litert_quantizer  # optional dependency (requirements-integer.txt)
 
     engine = litert_quantizer.Quantizer(bytearray(float_content))
     (recipe or IntegerRecipe()).apply(engine)
     calibration = engine.calibrate({SIGNATURE: [dict(sample) for sample in samples]}, num_threads=num_threads)
+    for name, (low, high) in (learned or {}).items():
+        if name not in calibration:
+            raise IntegerExportError(f"learned range for tensor {name!r}: the quantizer calibrated no such tensor")
+        calibrated = calibration[name]
+        calibration[name] = {**calibrated, "min": np.full_like(calibrated["min"], low),
+                             "max": np.full_like(calibrated["max"], high)}
     content = bytes(engine.quantize(calibration, enable_progress_report=False).quantized_model)
     report = integer_report(content)
     if not report["integer_only"]:
@@ -127,7 +184,7 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
                       attention_mask_floor: float = DEFAULT_ATTENTION_MASK_FLOOR,
                       input_names: Sequence[str] | None = None, output_path=None,
                       calibration_seed: int = 0, outlier_percentile: float | None = None,
-                      smooth_alpha: float | None = None) -> bytes:
+                      smooth_alpha: float | None = None, learned_ranges: dict | None = None) -> bytes:
     """Export ``model`` as a mixed int8/int16 integer-only ``.tflite`` (int32 token inputs, float logits
     through one DEQUANTIZE at the output), verified from its graph before anything is written.
 
@@ -151,16 +208,24 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
             intermediate Dense inputs into those kernels, with this SmoothQuant strength
             (:func:`tfcompress.export.smoothing.migrate_activation_scales`, the same float function; the
             residual reads multiply back in int16). ``None``: off. The model is restored afterwards.
+        learned_ranges: ranges learned by QAT for this graph (``QATConfig(target="integer")``,
+            :func:`tfcompress.compress.qat_integer.read_ranges`): they replace calibration at their points;
+            every other tensor keeps its calibrated range. Not with ``smooth_alpha`` (it rescales the
+            LayerNorm outputs the ranges were learned on).
 
     Returns:
         The flatbuffer bytes.
 
     Raises:
         IntegerExportError: an op stays float (or int32) after quantization; nothing is written.
-        ValueError: no representative data, or smooth_alpha outside (0, 1] (from migrate_activation_scales).
+        ValueError: no representative data, smooth_alpha outside (0, 1] (from migrate_activation_scales), or
+            smooth_alpha with learned_ranges.
     """
     if representative is None:
         raise ValueError("mode='integer' needs representative data to calibrate ranges")
+    if learned_ranges and smooth_alpha is not None:
+        raise ValueError("smooth_alpha rescales the LayerNorm outputs whose ranges QAT learned; export a "
+                         "QAT-integer model without export.integer_smooth_alpha")
     names = list(input_names or model_input_names(model))
     samples = representative_features(representative, names, seq_length, num_calibration, calibration_seed)
     undos = []
@@ -169,11 +234,16 @@ def to_integer_tflite(model, seq_length: int = 128, representative=None, num_cal
             undos.append(scale_outlier_channels(model, samples, outlier_percentile))
         if smooth_alpha is not None:  # after outlier scaling: its residual MUL wraps that block class
             undos.append(migrate_activation_scales(model, samples, smooth_alpha))
-        float_content = float_graph(model, seq_length, names, attention_mask_floor)
+        points = {} if learned_ranges else None
+        float_content = float_graph(model, seq_length, names, attention_mask_floor, points=points)
     finally:
         for undo in reversed(undos):
             undo()
-    content = quantize(float_content, samples, recipe)
+    learned = learned_tensor_ranges(float_content, points, learned_ranges) if learned_ranges else None
+    content = quantize(float_content, samples, recipe, learned=learned)
+    if learned:
+        log.info("integer: %d tensors take their range from QAT (%d points), the rest from calibration",
+                 len(learned), len(learned_ranges))
     if output_path is not None:
         atomic_write_bytes(output_path, content)
         log.info("wrote %s (integer: int8 %s, int16 elsewhere; seq %d, %.1f MB)", output_path,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from tfcompress.compress import prune
+from tfcompress.compress import prune, qat_integer
+from tfcompress.errors import ConfigError
 from tfcompress.evaluate import integer, runtime
 from tfcompress.export import litert_quantizer, tflite
 from tfcompress.pipeline.runner import Context, read_manifest, stage
@@ -30,7 +31,8 @@ def export_stage(context: Context) -> dict:
 
     Finished artifacts of an interrupted run are reused (``<mode>.tflite`` plus its ``.done.json``,
     both written atomically). With a finished ``qat`` stage, the wrapped QAT model is converted too
-    (``qat-int8``, its learned ranges kept).
+    (``qat-int8``, its learned ranges kept). The ``integer`` artifact of a model QAT-trained with
+    ``qat.target="integer"`` takes the ranges saved beside it (``integer_ranges.json``) at their points.
     """
     config = context.config
     cfg = config.export
@@ -68,12 +70,18 @@ def export_stage(context: Context) -> dict:
         calibrated = mode in ("int8", "int16x8")
         if mode == "integer":
             recipe = litert_quantizer.IntegerRecipe(int8_ops=tuple(cfg.integer_int8_ops))
+            learned = qat_integer.read_ranges(input_model)  # a model QAT-trained with qat.target="integer"
+            if learned and cfg.integer_smooth_alpha is not None:
+                raise ConfigError(f"export.integer_smooth_alpha={cfg.integer_smooth_alpha!r}: {input_model} holds "
+                                  "ranges learned by QAT on the unsmoothed LayerNorm outputs; leave it unset")
             finish(mode, mode, path, lambda path=path: litert_quantizer.to_integer_tflite(
                 model, seq_length, train, num_calibration=cfg.num_calibration, recipe=recipe, output_path=path,
-                outlier_percentile=cfg.integer_outlier_percentile or None, smooth_alpha=cfg.integer_smooth_alpha))
+                outlier_percentile=cfg.integer_outlier_percentile or None, smooth_alpha=cfg.integer_smooth_alpha,
+                learned_ranges=learned))
             artifacts[-1].update(integer_int8_ops=list(recipe.int8_ops),
                                  outlier_percentile=cfg.integer_outlier_percentile or None,
-                                 smooth_alpha=cfg.integer_smooth_alpha)  # smoothing.migrate_activation_scales
+                                 smooth_alpha=cfg.integer_smooth_alpha,  # smoothing.migrate_activation_scales
+                                 qat_learned_ranges=len(learned or {}))  # the rest from calibration
             continue
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: tflite.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
