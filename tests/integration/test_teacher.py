@@ -230,10 +230,15 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
     assert any("train/distill/kd_loss" in row for row in rows)
     _in_process(command + ["--output-dir", str(tmp_path / "second")], monkeypatch)
     assert _stage(tmp_path / "second", "distill")["teacher_logits"]["reused"] is True
-    # masked copies of the sentences: the teacher labels every word of them too (another cache file)
+    # masked copies of the sentences: the teacher labels every word of them too (another cache file); and
+    # the hidden states of the mapped layers at each word's first sub-token, in the same file
     _in_process(command + ["--output-dir", str(tmp_path / "third"), "--augment-copies", "1", "--set",
-                           "distill.augment_mask_prob=0.5", "--set", "distill.augment_seed=3"], monkeypatch)
+                           "distill.augment_mask_prob=0.5", "--set", "distill.augment_seed=3", "--set",
+                           "distill.hidden_loss_weight=1.0"], monkeypatch)
     augmented = _stage(tmp_path / "third", "distill")
+    assert augmented["teacher_logits"]["hidden_layers"] == [layer for layer, _ in augmented["layer_map"]]
+    rows = [json.loads(line) for line in (tmp_path / "third" / "distill" / "metrics.jsonl").read_text().splitlines()]
+    assert any(row.get("train/distill/hidden_loss", 0) > 0 for row in rows)
     ngram_prob = DistillConfig().augment_ngram_prob  # the run's default
     copies = augment.augment_sentences(train.words, 1, tiny_tokenizer.mask_token, mask_prob=0.5, ngram_prob=ngram_prob,
                                        seed=3)

@@ -274,3 +274,69 @@ def test_non_finite_teacher_logits_are_never_cached(tmp_path, tiny_mpnet_dir, te
     cut.write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(teacher_logits.TeacherCacheError, match="not a readable teacher-logits cache"):
         cache.load(fields)
+
+
+def test_word_level_hidden_states_across_tokenizers_compare_each_words_first_sub_tokens(word_setup, tiny_tokenizer,
+                                                                                        tmp_path, tiny_mpnet_token_dir):
+    from conftest import CONLL_LABELS
+    from tfcompress.compress import distill, teacher_logits
+    from tfcompress.config.training import DistillConfig
+    from tfcompress.data import encoding, readers
+    from tfcompress.errors import ConfigError
+    from tfcompress.models.facts import model_input_names
+
+    teacher, teacher_tokenizer, _, student_data = word_setup
+    examples = readers.TokenClassificationExamples(WORDS, [["O"] * len(w) for w in WORDS], CONLL_LABELS, "words")
+    data = encoding.encode(teacher_tokenizer, examples, max_length=6, input_names=model_input_names(teacher))
+    positions = teacher_logits.word_positions(teacher_tokenizer, WORDS, 6)  # max length 6: later words unseen
+    cache = teacher_logits.TeacherLogitCache(tmp_path)
+    fields = dict(teacher_logits.cache_fields(tiny_mpnet_token_dir, CONLL_LABELS, WORDS, 6),
+                  num_rows=sum(len(w) for w in WORDS), hidden_layers=[0, 2])
+    word_logits, hidden, info = cache.load_or_compute_words(fields, teacher, data, positions, batch_size=2)
+    assert hidden.shape == (fields["num_rows"], 2, 32) and hidden.dtype == np.float16 and not info["reused"]
+    again, reread, info = cache.load_or_compute_words(fields, teacher, data, positions, batch_size=2)
+    assert info["reused"] and np.array_equal(reread, hidden) and np.array_equal(again, word_logits, equal_nan=True)
+    logits_only = {k: v for k, v in fields.items() if k != "hidden_layers"}
+    assert cache.path_for(logits_only) != cache.path_for(fields)
+    word = 0
+    for sentence, t_pos in zip(WORDS, positions):  # the teacher's own hidden states of the sentence alone
+        alone = teacher_tokenizer([sentence], is_split_into_words=True, truncation=True, max_length=6,
+                                  return_tensors="tf", return_token_type_ids=False)
+        states = teacher(dict(alone), training=False, output_hidden_states=True).hidden_states
+        for w, position in enumerate(t_pos):
+            for k, layer in enumerate((0, 2)):
+                expected = states[layer].numpy()[0, position] if position >= 0 else np.zeros(32)
+                np.testing.assert_allclose(hidden[word, k], expected, atol=2e-2, rtol=1e-2)
+            word += 1
+
+    student_positions = teacher_logits.word_positions(tiny_tokenizer, WORDS, 32)
+    flat = teacher_logits.student_word_positions(word_logits, student_positions)
+    unseen = np.isnan(word_logits).any(axis=1)
+    assert unseen.any() and (flat[unseen] == -1).all() and (flat[~unseen] >= 0).all()
+    student = build_tiny_model("token", num_labels=9, hidden_size=16)  # narrower: a learned projection
+    config = DistillConfig(alpha=0.5, temperature=1.0, hidden_loss_weight=1.0, layer_map=((0, 0), (2, 2)))
+    with pytest.raises(ConfigError, match="attention_loss_weight"):
+        distill.Distiller(teacher, student, DistillConfig(attention_loss_weight=1.0), task="token",
+                          same_tokenizer=False)
+    distiller = distill.Distiller(teacher, student, config, task="token", same_tokenizer=False)
+    values, mask, _ = teacher_logits.align_to_student(word_logits, student_positions, student_data.lengths())
+    with pytest.raises(ConfigError, match="hidden_loss_weight=1.0: pass the teacher's per-word hidden states"):
+        distiller.use_teacher_token_logits(values, mask, student_data.lengths())
+    distiller.use_teacher_token_logits(values, mask, student_data.lengths(), word_hidden=hidden, word_positions=flat,
+                                       words_per_example=[len(w) for w in WORDS])
+    rows = np.array([1, 0])
+    features, labels = student_data.padded_batch(rows)
+    _, _, terms = distiller.loss_fn(distiller, {**features, "example_index": rows.astype(np.int32)}, labels,
+                                    training=False)
+    states = student(features, training=False, output_hidden_states=True).hidden_states
+    starts = np.concatenate([[0], np.cumsum([len(w) for w in WORDS])])
+    per_layer = []
+    for k, (_, s) in enumerate(config.layer_map):  # the reference: word by word, in numpy
+        errors = []
+        for row, example in enumerate(rows):
+            for w in range(starts[example], starts[example + 1]):
+                if flat[w] >= 0:
+                    projected = distiller.hidden_projections[k](states[s][row:row + 1, flat[w]][None]).numpy()
+                    errors.append(np.mean((projected[0, 0] - hidden[w, k].astype(np.float32)) ** 2))
+        per_layer.append(np.mean(errors))
+    np.testing.assert_allclose(terms["distill/hidden_loss"].numpy(), np.mean(per_layer), rtol=1e-5)

@@ -48,7 +48,10 @@ Caveats:
 * Token-level terms need teacher and student to share the tokenizer (same vocabulary, same
   positions); :class:`Distiller` checks that the vocabulary sizes agree. A teacher of another
   architecture or tokenizer (``same_tokenizer=False``) teaches through its per-text logits
-  (:meth:`Distiller.use_teacher_logits`, computed by :mod:`tfcompress.compress.teacher_logits`).
+  (:meth:`Distiller.use_teacher_logits`, computed by :mod:`tfcompress.compress.teacher_logits`); in a
+  token task, per word (:meth:`Distiller.use_teacher_token_logits`): logits and, with
+  ``hidden_loss_weight > 0``, the mapped layers' hidden states at each word's first sub-token on both
+  sides (words line up where tokens do not). Attention maps need the same tokenizer.
 * Hugging Face TF models return attention probabilities *after* attention dropout, so with
   ``attention_loss_weight > 0`` a student trained with ``attention_probs_dropout_prob > 0`` is compared
   with dropped-out rows; a warning is logged. Set it to 0 in the student config for attention matching.
@@ -61,6 +64,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Sequence
+
+import numpy as np
 
 from tfcompress._compat import keras, tf
 from tfcompress.compress.teacher_cache import TeacherCache
@@ -253,13 +258,15 @@ class Distiller(keras.Model):
             raise ValueError(f"teacher vocab_size={teacher_vocab} != student vocab_size={student_vocab}: "
                              "token-level distillation needs both to read the same tokenisation; for "
                              "another tokenizer pass same_tokenizer=False and use_teacher_logits()")
-        if not same_tokenizer and (config.needs_hidden_states or config.needs_attentions):
-            field = "hidden_loss_weight" if config.needs_hidden_states else "attention_loss_weight"
+        # Across tokenizers token positions cannot be mapped; words can (token task: the hidden states at
+        # each word's first sub-token, from use_teacher_token_logits). Attention maps stay unmappable.
+        if not same_tokenizer and (config.needs_attentions or (config.needs_hidden_states and task != "token")):
+            field = "attention_loss_weight" if config.needs_attentions else "hidden_loss_weight"
             raise ConfigError(
                 f"DistillConfig.{field}={getattr(config, field)!r}: the teacher ({type(teacher).__name__}, "
                 f"vocab {teacher_vocab}) and the student ({type(student).__name__}, vocab {student_vocab}) "
-                "tokenize differently, so their token positions (hidden states, attention maps) cannot be "
-                "mapped; set it to 0 and distil the logits")
+                "tokenize differently, so their token positions cannot be mapped (hidden states can, per word, "
+                "in a token task: task='token'); set it to 0 and distil the logits")
         if teacher.config.num_labels != student.config.num_labels:
             raise ValueError(f"teacher has {teacher.config.num_labels} labels, student "
                              f"{student.config.num_labels}; they must predict the same label set")
@@ -380,11 +387,17 @@ class Distiller(keras.Model):
                                     config.alpha, self.temperature, teacher.get("target_mask"))
         if config.needs_hidden_states:
             values = []
+            words = teacher.get("word_positions")  # per-word targets (another tokenizer): [B, W], -1 = none
             for k, (t, s) in enumerate(self.layer_map):
                 hidden = student_out.hidden_states[s]
+                if words is not None:  # the student's hidden state at its first sub-token of each word
+                    hidden = tf.gather(hidden, tf.maximum(words, 0), batch_dims=1)
                 if self.hidden_projections:
                     hidden = self.hidden_projections[k](hidden)
-                values.append(hidden_mse(hidden, teacher["hidden"][k], padding))
+                if words is None:
+                    values.append(hidden_mse(hidden, teacher["hidden"][k], padding))
+                else:
+                    values.append(hidden_mse(hidden, teacher["word_hidden"][k], tf.cast(words >= 0, tf.float32)))
             terms["distill/hidden_loss"] = tf.add_n(values) / len(values)
             total += config.hidden_loss_weight * terms["distill/hidden_loss"]
         if config.needs_attentions:
@@ -433,15 +446,34 @@ class Distiller(keras.Model):
         return {"examples": self._cache.num_examples, "tokens": 0,
                 "megabytes": round(self._cache.nbytes / 2**20, 2)}
 
-    def use_teacher_token_logits(self, values, mask, lengths) -> dict:
+    def use_teacher_token_logits(self, values, mask, lengths, word_hidden=None, word_positions=None,
+                                 words_per_example=None) -> dict:
         """Train a token task on precomputed per-word teacher targets aligned to the student's tokens
         (:func:`tfcompress.compress.teacher_logits.align_to_student`): the KL term applies where
-        ``mask`` is 1 (each word's first sub-token that the teacher saw)."""
-        if self.distill_config.needs_hidden_states or self.distill_config.needs_attentions:
-            raise ConfigError("per-word teacher logits carry no hidden states or attention maps: set "
-                              "DistillConfig.hidden_loss_weight and attention_loss_weight to 0")
+        ``mask`` is 1 (each word's first sub-token that the teacher saw).
+
+        With ``hidden_loss_weight > 0``: ``word_hidden`` ``[words, K, H]``, the teacher's hidden states of
+        the layer map's teacher layers at each word's first sub-token, in order
+        (:func:`tfcompress.compress.teacher_logits.compute_word_outputs`), ``word_positions`` ``[words]``
+        the student's first sub-token of each word (-1: no target) and ``words_per_example``; the MSE
+        compares them with the student's (projected) hidden states of the mapped layers at those tokens."""
+        config = self.distill_config
+        if config.needs_attentions:
+            raise ConfigError(f"DistillConfig.attention_loss_weight={config.attention_loss_weight!r}: per-word "
+                              "teacher targets carry no attention maps; set it to 0")
+        if config.needs_hidden_states:
+            if word_hidden is None:
+                raise ConfigError(f"DistillConfig.hidden_loss_weight={config.hidden_loss_weight!r}: pass the "
+                                  "teacher's per-word hidden states (word_hidden) or set it to 0")
+            expected = (len(self.layer_map), facts.hidden_size(self.teacher))
+            if tuple(np.shape(word_hidden)[1:]) != expected:
+                raise ValueError(f"word_hidden has shape {np.shape(word_hidden)}; the layer map "
+                                 f"{self.layer_map} and the teacher's width need [words, {expected[0]}, {expected[1]}]")
+        elif word_hidden is not None:
+            raise ValueError("word_hidden given but DistillConfig.hidden_loss_weight is 0")
         self._cache = None
-        self._cache = TeacherCache.from_token_logits(values, mask, lengths)
+        self._cache = TeacherCache.from_token_logits(values, mask, lengths, word_hidden, word_positions,
+                                                     words_per_example)
         return {"examples": self._cache.num_examples, "tokens": self._cache.num_tokens,
                 "megabytes": round(self._cache.nbytes / 2**20, 2)}
 

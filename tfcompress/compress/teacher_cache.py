@@ -113,11 +113,17 @@ class TeacherCache:
         return cache
 
     @classmethod
-    def from_token_logits(cls, values: np.ndarray, mask: np.ndarray, lengths) -> "TeacherCache":
+    def from_token_logits(cls, values: np.ndarray, mask: np.ndarray, lengths, word_hidden: np.ndarray | None = None,
+                          word_positions: np.ndarray | None = None, words_per_example=None) -> "TeacherCache":
         """Token logits aligned to the student's tokens (``[sum T_i, C]``, ``T_i`` = ``lengths[i]``) with a
         ``mask`` that is 1 where the teacher gave a target (a word's first sub-token): per-word targets
         of a teacher that read the words with its own tokenizer
-        (:func:`tfcompress.compress.teacher_logits.align_to_student`). Lookups check the lengths."""
+        (:func:`tfcompress.compress.teacher_logits.align_to_student`). Lookups check the lengths.
+
+        ``word_hidden`` (``[sum W_i, K, H]``, ``W_i`` = ``words_per_example[i]``) with ``word_positions``
+        (``[sum W_i]``, the student's token of each word or -1): the teacher's hidden states per word; a
+        lookup returns them as ``word_hidden`` (K tensors ``[B, W, H]``) and ``word_positions`` (``[B, W]``,
+        -1 where padded or unseen)."""
         lengths = np.asarray(lengths, dtype=np.int64)
         values = np.asarray(values, dtype=np.float32)
         if values.ndim != 2 or len(values) != int(lengths.sum()) or len(mask) != len(values):
@@ -130,7 +136,25 @@ class TeacherCache:
                             ("token_splits", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)),
                             ("logits", values), ("target_mask", np.asarray(mask, np.float32)[:, None])):
             cache.variables[name] = tf.Variable(value, trainable=False, name=f"teacher_cache_{name}")
+        if word_hidden is not None:
+            words = np.asarray(words_per_example, dtype=np.int64)
+            if (word_positions is None or len(words) != len(lengths) or len(word_hidden) != int(words.sum())
+                    or len(word_positions) != len(word_hidden)):
+                raise ValueError(f"word hidden states {np.shape(word_hidden)} / positions {np.shape(word_positions)} "
+                                 f"do not cover the {int(words.sum())} words of {len(lengths)} examples")
+            word_hidden = np.asarray(word_hidden, dtype=np.float16)
+            for name, value in (("word_splits", np.concatenate([[0], np.cumsum(words)]).astype(np.int64)),
+                                ("word_hidden", word_hidden),
+                                ("word_positions", np.asarray(word_positions, np.int32)[:, None])):
+                cache.variables[name] = tf.Variable(value, trainable=False, name=f"teacher_cache_{name}")
+            cache.nbytes += word_hidden.nbytes
         return cache
+
+    def _gather_words(self, name, index, default):
+        """Rows ``[B, most words in the batch, ...]`` of a per-word variable, ``default`` where padded."""
+        variables = self.variables
+        ragged = tf.RaggedTensor.from_row_splits(variables[name], variables["word_splits"], validate=False)
+        return tf.gather(ragged, index).to_tensor(default_value=tf.cast(default, variables[name].dtype))
 
     def _gather_tokens(self, name, index, batch_length):
         variables = self.variables
@@ -160,6 +184,10 @@ class TeacherCache:
         result = {"logits": logits}
         if "target_mask" in variables:
             result["target_mask"] = self._gather_tokens("target_mask", index, batch_length)[..., 0]
+        if "word_hidden" in variables:
+            hidden = tf.cast(self._gather_words("word_hidden", index, 0), tf.float32)  # [B, W, K, H]
+            result["word_hidden"] = tf.unstack(hidden, num=variables["word_hidden"].shape[1], axis=2)
+            result["word_positions"] = self._gather_words("word_positions", index, -1)[..., 0]  # [B, W]
         if "hidden" in variables:
             hidden = self._gather_tokens("hidden", index, batch_length)  # [B, T, K, H]
             result["hidden"] = tf.unstack(hidden, num=variables["hidden"].shape[1], axis=2)

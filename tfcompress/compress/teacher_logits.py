@@ -7,7 +7,10 @@ predicts for a whole text can be compared. The teacher therefore runs once over 
 from those logits by row (:meth:`tfcompress.compress.distill.Distiller.use_teacher_logits`). A token task
 compares words instead: the teacher's logits at the first sub-token of every word (:func:`word_positions`,
 :func:`compute_word_logits`), placed at the student's first sub-token of the same word
-(:func:`align_to_student`; words the teacher truncated get no target and are counted).
+(:func:`align_to_student`; words the teacher truncated get no target and are counted). For a word-level
+hidden-state loss the same pass keeps the teacher's hidden states of the mapped layers at those first
+sub-tokens (:func:`compute_word_outputs`, float16, in the same file, ``hidden_layers`` in its fields), and the
+student reads its own hidden state of each word at :func:`student_word_positions`.
 
 A cache file ``<cache_dir>/<teacher folder name>-<key>.npz`` holds ``logits`` (``[N, C]`` float32)
 and ``fields``, a JSON object of everything the logits depend on (see :func:`cache_fields`): the
@@ -171,16 +174,48 @@ def word_positions(tokenizer, words: Sequence[Sequence[str]], max_length: int) -
     return out
 
 
+def _word_outputs_fn(teacher, hidden_layers: Sequence[int]):
+    """``features -> (float32 logits, float32 hidden states [B, T, K, H] of hidden_layers)``, inference mode;
+    ``hidden_states[0]`` is the embedding output, ``[k]`` block k's."""
+    names = facts.model_input_names(teacher)
+    layers = [int(layer) for layer in hidden_layers]
+
+    @tf.function(reduce_retracing=True)
+    def forward(features):
+        outputs = teacher({k: v for k, v in features.items() if k in names}, training=False,
+                          output_hidden_states=True)
+        hidden = tf.stack([tf.cast(outputs.hidden_states[layer], tf.float32) for layer in layers], axis=2)
+        return tf.cast(outputs.logits, tf.float32), hidden
+
+    return forward
+
+
 def compute_word_logits(teacher, data, positions: Sequence[np.ndarray], batch_size: int = 64,
                         sentences: np.ndarray | None = None) -> np.ndarray:
     """The teacher's logits at the first sub-token of every word: ``[total words, C]`` float32, sentence
     after sentence, word after word; NaN rows for words the teacher did not see (``positions`` -1).
     ``data``: the words encoded with the teacher's tokenizer (token task EncodedData). ``sentences``
     limits the work to those sentences (the other sentences' words stay NaN)."""
-    forward = _logits_fn(teacher)
+    return compute_word_outputs(teacher, data, positions, batch_size, sentences)[0]
+
+
+def compute_word_outputs(teacher, data, positions: Sequence[np.ndarray], batch_size: int = 64,
+                         sentences: np.ndarray | None = None, hidden_layers: Sequence[int] = ()) -> tuple:
+    """:func:`compute_word_logits` and, for ``hidden_layers`` (0 = embeddings, k = block k), the teacher's
+    hidden states at the same first sub-tokens: ``(logits, hidden [total words, K, H] float16 or None)``;
+    the words the teacher did not see have NaN logits and zero hidden states."""
     counts = np.array([len(p) for p in positions], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
     logits = np.full((int(counts.sum()), int(teacher.config.num_labels)), np.nan, dtype=np.float32)
+    hidden = None
+    if hidden_layers:
+        forward = _word_outputs_fn(teacher, hidden_layers)
+        hidden = np.zeros((int(counts.sum()), len(hidden_layers), facts.hidden_size(teacher)), dtype=np.float16)
+    else:
+        logits_only = _logits_fn(teacher)
+
+        def forward(features):
+            return logits_only(features), None
     lengths = np.asarray(data.lengths(), dtype=np.int64)
     if sentences is None:
         order = np.argsort(lengths, kind="stable")
@@ -190,11 +225,28 @@ def compute_word_logits(teacher, data, positions: Sequence[np.ndarray], batch_si
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         features, _ = data.padded_batch(indices)
-        values = forward({k: tf.constant(v) for k, v in features.items()}).numpy()
+        values, states = forward({k: tf.constant(v) for k, v in features.items()})
+        values = values.numpy()
+        states = None if states is None else states.numpy()
         for row, example in enumerate(indices):
             seen = positions[example] >= 0
             logits[starts[example]:starts[example + 1]][seen] = values[row, positions[example][seen]]
-    return logits
+            if states is not None:
+                hidden[starts[example]:starts[example + 1]][seen] = states[row, positions[example][seen]]
+    return logits, hidden
+
+
+def student_word_positions(word_logits: np.ndarray, student_positions: Sequence[np.ndarray]) -> np.ndarray:
+    """Per word, in order, the student's position of its first sub-token where the teacher has a target
+    for it, -1 where either side did not see the word: ``[total words]`` int32, the index that reads the
+    student's hidden state of each word (word-level hidden-state distillation)."""
+    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in student_positions]) if len(student_positions) else \
+        np.zeros(0, np.int64)
+    if len(flat) != len(word_logits):
+        raise TeacherCacheError(f"teacher outputs cover {len(word_logits)} words, the student's data {len(flat)}: "
+                                "the cache was made for other sentences")
+    flat[np.isnan(word_logits).any(axis=1)] = -1
+    return flat.astype(np.int32)
 
 
 def align_to_student(word_logits: np.ndarray, student_positions: Sequence[np.ndarray],
@@ -238,10 +290,26 @@ class TeacherLogitCache:
         return self.directory / f"{_file_stem(fields)}-{_key(fields)}.npz"
 
     @staticmethod
-    def _write(path: Path, fields: dict, logits: np.ndarray) -> None:
+    def _write(path: Path, fields: dict, logits: np.ndarray, hidden: np.ndarray | None = None) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, logits=logits.astype(np.float32), fields=np.array(json.dumps(fields, sort_keys=True)))
+        extra = {} if hidden is None else {"hidden": hidden.astype(np.float16)}
+        np.savez(buffer, logits=logits.astype(np.float32), fields=np.array(json.dumps(fields, sort_keys=True)),
+                 **extra)
         atomic_write_bytes(path, buffer.getvalue())
+
+    @staticmethod
+    def _read_hidden(path: Path, fields: dict) -> np.ndarray:
+        """The per-word hidden states of a cache file made with ``fields["hidden_layers"]``."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                hidden = np.asarray(archive["hidden"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise TeacherCacheError(f"{path}: no readable hidden states ({error}); delete it to recompute") from error
+        if hidden.shape[:2] != (fields["num_rows"], len(fields["hidden_layers"])):
+            raise TeacherCacheError(f"{path}: hidden states have shape {hidden.shape}, expected "
+                                    f"({fields['num_rows']}, {len(fields['hidden_layers'])}, width); delete it to "
+                                    "recompute")
+        return hidden
 
     @staticmethod
     def _read(path: Path) -> tuple[dict, np.ndarray]:
@@ -396,12 +464,21 @@ class TeacherLogitCache:
         """Per-word logits (:func:`compute_word_logits`) for ``fields`` (``num_rows`` = total words),
         cached or computed and saved (no partial file: a token task's teacher pass is short). With
         several workers, worker ``r`` of ``W`` computes sentences ``r, r + W, ...`` and the rows are
-        merged as in :meth:`load_or_compute`; only the chief reads and writes the cache folder."""
+        merged as in :meth:`load_or_compute`; only the chief reads and writes the cache folder.
+
+        ``fields["hidden_layers"]`` (teacher layers, 0 = embeddings): the teacher's hidden states at the
+        same first sub-tokens too, float16, in the same file (one worker only).
+        Returns ``(logits, hidden or None, info)``."""
         strategy = strategy or tf.distribute.get_strategy()
         workers, chief = distribute.num_workers(strategy), distribute.is_chief(strategy)
+        hidden_layers = list(fields.get("hidden_layers") or ())
+        if hidden_layers and workers > 1:
+            raise ConfigError(f"distill.hidden_loss_weight with per-word targets runs on one worker; this strategy "
+                              f"has {workers} (the teacher's word hidden states are not merged across workers)")
         path = self.path_for(fields)
         started = time.time()
         logits = self.load(fields, missing_rows_allowed=True) if chief else None
+        hidden = self._read_hidden(path, fields) if logits is not None and hidden_layers else None
         if chief and logits is None:
             self._explain_miss(fields)
         if workers > 1:
@@ -411,19 +488,25 @@ class TeacherLogitCache:
         if not reused:
             sentences = np.arange(len(positions))[distribute.worker_rank(strategy)::workers]
             computing = time.time()
-            logits = compute_word_logits(teacher, data, positions, batch_size,
-                                         sentences=None if workers == 1 else sentences)
+            logits, hidden = compute_word_outputs(teacher, data, positions, batch_size,
+                                                  sentences=None if workers == 1 else sentences,
+                                                  hidden_layers=hidden_layers)
             if workers > 1:
                 owned = np.repeat(np.isin(np.arange(len(positions)), sentences), [len(p) for p in positions])
                 logits, shards["texts_per_worker"] = self._merge(strategy, logits, owned, len(sentences),
                                                                  time.time() - computing)
-            if np.isinf(logits).any():
-                raise TeacherCacheError(f"teacher {fields['teacher']}: infinite logits under dtype "
-                                        f"{fields['teacher_dtype']}; nothing cached")
+            if np.isinf(logits).any() or (hidden is not None and not np.isfinite(hidden).all()):
+                raise TeacherCacheError(f"teacher {fields['teacher']}: infinite logits or hidden states under "
+                                        f"dtype {fields['teacher_dtype']} (hidden states stored as float16); "
+                                        "nothing cached")
             if chief:
-                self._write(path, fields, logits)
+                self._write(path, fields, logits, hidden)
         unseen = int(np.isnan(logits).any(axis=1).sum())
-        log.info("teacher word logits: %s %s (%d words, %d not seen by the teacher)",
+        log.info("teacher word logits%s: %s %s (%d words, %d not seen by the teacher)",
+                 f" and hidden states of layers {hidden_layers}" if hidden_layers else "",
                  "reusing" if reused else "computed", path, len(logits), unseen)
-        return logits, {"file": str(path), "reused": reused, "texts": fields["num_texts"], "words": len(logits),
-                        "teacher_unseen_words": unseen, "seconds": round(time.time() - started, 1), **shards}
+        info = {"file": str(path), "reused": reused, "texts": fields["num_texts"], "words": len(logits),
+                "teacher_unseen_words": unseen, "seconds": round(time.time() - started, 1), **shards}
+        if hidden_layers:
+            info["hidden_layers"] = hidden_layers
+        return logits, hidden, info

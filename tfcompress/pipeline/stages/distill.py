@@ -150,11 +150,14 @@ def _cache(context: "Context") -> "teacher_logits.TeacherLogitCache":
     return teacher_logits.TeacherLogitCache(Path(directory))
 
 
-def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer, train, augmented: list) -> tuple:
+def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer, train, augmented: list,
+                                  hidden_layers: list) -> tuple:
     """Token task: the teacher's logits at the first sub-token of every training word, then of every
     word of the augmented sentences (its own tokenizer, its own mask token), cached on disk per word,
-    placed at the student's first sub-token of the same word.
-    Returns ``(values, mask, info)`` for :meth:`Distiller.use_teacher_token_logits`."""
+    placed at the student's first sub-token of the same word; with ``hidden_layers`` (the layer map's
+    teacher layers) its hidden states there too.
+    Returns ``(values, mask, info, hidden)``: the first three for
+    :meth:`Distiller.use_teacher_token_logits`, ``hidden`` its word-level keywords ({} without layers)."""
     config = context.config
     max_length = config.data.max_length
     words = [list(sentence) for sentence in context.examples("train").words] + [list(s) for s in augmented]
@@ -165,18 +168,23 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config),
                                          teacher_words, max_length, _augmentation(context, augmented), dtype=_policy())
     fields["num_rows"] = sum(len(sentence) for sentence in words)
+    if hidden_layers:  # only then: a logits-only cache keeps its key
+        fields["hidden_layers"] = [int(layer) for layer in hidden_layers]
     data = encoding.encode(teacher_tokenizer, _unlabelled(context, teacher_words, "teacher view"), max_length=max_length,
                            input_names=model_input_names(teacher))
     positions = teacher_logits.word_positions(teacher_tokenizer, teacher_words, max_length)
-    word_logits, info = _cache(context).load_or_compute_words(fields, teacher, data, positions,
-                                                              batch_size=config.distill_train.eval_batch_size)
+    word_logits, word_hidden, info = _cache(context).load_or_compute_words(
+        fields, teacher, data, positions, batch_size=config.distill_train.eval_batch_size)
     student_positions = teacher_logits.word_positions(context.tokenizer(), words, max_length)
     values, mask, masked = teacher_logits.align_to_student(word_logits, student_positions, train.lengths())
     info["student_words_without_target"] = masked
     if masked:
         log.info("distill: %d training words the student reads were cut by the teacher's max_length=%d: no "
                  "teacher target there (masked)", masked, max_length)
-    return values, mask, info
+    hidden = {} if word_hidden is None else {
+        "word_hidden": word_hidden, "words_per_example": [len(sentence) for sentence in words],
+        "word_positions": teacher_logits.student_word_positions(word_logits, student_positions)}
+    return values, mask, info, hidden
 
 
 @stage("distill")
@@ -215,13 +223,15 @@ def distill_stage(context: Context) -> dict:
     augmented = _augmented_texts(context)
     train, evaluation = _training_data(context, augmented), context.encoded("eval")
     cache, logits_file = None, None
-    needs_teacher = config.distill.alpha < 1.0  # cross-tokenizer: logits only (hidden/attention refused)
+    # cross-tokenizer: logits, and per-word hidden states in a token task (attention maps refused)
+    needs_teacher = config.distill.alpha < 1.0 or config.distill.needs_hidden_states
     if not same and not needs_teacher:
         log.info("distill: alpha=1.0, the student learns from the labels only; no teacher logits computed")
     elif not same and config.task == "token":
-        values, mask, logits_file = _cross_tokenizer_word_targets(context, teacher, teacher_tokenizer, train,
-                                                                       augmented)
-        cache = distiller.use_teacher_token_logits(values, mask, train.lengths())
+        hidden_layers = [t for t, _ in distiller.layer_map] if config.distill.needs_hidden_states else []
+        values, mask, logits_file, hidden = _cross_tokenizer_word_targets(context, teacher, teacher_tokenizer, train,
+                                                                          augmented, hidden_layers)
+        cache = distiller.use_teacher_token_logits(values, mask, train.lengths(), **hidden)
     elif not same:
         logits, logits_file = _cross_tokenizer_logits(context, teacher, teacher_tokenizer, augmented)
         cache = distiller.use_teacher_logits(logits)
