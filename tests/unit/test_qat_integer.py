@@ -136,6 +136,26 @@ def test_strip_restores_the_float_model_and_its_calls(sst_encoded, tmp_path):
     np.testing.assert_allclose(_logits(reloaded, features), logits, atol=1e-5)
 
 
+def test_a_failing_calibration_leaves_the_model_as_it_came():
+    model = _model_with_spread()
+    features = _features(8, seed=1)
+    logits = _logits(model, features)
+    patched = [ref.layer for ref in surgery.find_layers(model, kinds=None)
+               if isinstance(ref.layer, keras.layers.LayerNormalization)] + [model.bert.encoder]
+
+    def broken():
+        yield from _calibration()[:1]
+        raise OSError("calibration file vanished")
+
+    with pytest.raises(OSError, match="vanished"):
+        qat.apply(model, INTEGER, calibration=broken())
+    assert qat.quantized_layers(model) == [] and qat_integer.quantizers(model) == []
+    assert not any("call" in vars(layer) for layer in patched)
+    np.testing.assert_allclose(_logits(model, features), logits, atol=1e-6)
+    qat.apply(model, INTEGER, calibration=_calibration())  # and it can be applied again
+    assert len(qat_integer.quantizers(model)) == 14
+
+
 def test_hook_reports_the_learned_ranges(sst_encoded, tmp_path):
     model = _model_with_spread()
     qat.apply(model, INTEGER, calibration=_calibration())

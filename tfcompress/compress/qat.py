@@ -173,22 +173,26 @@ def apply(model, config: QATConfig | None = None, calibration=None):
     wrapper_class = _wrapper_class()
     refs = _select(model, config)
     preserved = []
-    for ref in refs:
-        preserve = config.preserve_sparsity
-        if preserve is None:
-            preserve = _is_pruned(ref.layer.kernel)
-        quantize_config = _quantize_config_for(ref.layer, preserve)
-        if preserve:
-            preserved.append(ref.path)
-        replace_layer(ref, wrapper_class(ref.layer, quantize_config))
-    points = qat_integer.install(model) if config.target == "integer" else []
-    dummy = getattr(model, "dummy_inputs", None)
-    if dummy is not None:
-        # Builds the wrappers eagerly: the prune-preserving quantizer takes its zero mask from the
-        # kernel here (a constant, not a variable), so this must run on the pruned weights.
-        model(dummy, training=False)
-    if calibration is not None:
-        calibrate_ranges(model, calibration, num_examples=config.calibration_examples)
+    try:  # a failure half-way leaves the model as it came: no wrappers, no integer points
+        for ref in refs:
+            preserve = config.preserve_sparsity
+            if preserve is None:
+                preserve = _is_pruned(ref.layer.kernel)
+            quantize_config = _quantize_config_for(ref.layer, preserve)
+            if preserve:
+                preserved.append(ref.path)
+            replace_layer(ref, wrapper_class(ref.layer, quantize_config))
+        points = qat_integer.install(model) if config.target == "integer" else []
+        dummy = getattr(model, "dummy_inputs", None)
+        if dummy is not None:
+            # Builds the wrappers eagerly: the prune-preserving quantizer takes its zero mask from the
+            # kernel here (a constant, not a variable), so this must run on the pruned weights.
+            model(dummy, training=False)
+        if calibration is not None:
+            calibrate_ranges(model, calibration, num_examples=config.calibration_examples)
+    except BaseException:
+        strip(model)
+        raise
     log.info("QAT: wrapped %d Dense layers in QuantizeWrapperV2 (TFMOT default 8-bit), %d of them "
              "prune-preserving: %s", len(refs), len(preserved), ", ".join(ref.path for ref in refs))
     if points:
