@@ -156,6 +156,15 @@ def test_a_failing_calibration_leaves_the_model_as_it_came():
     assert len(qat_integer.quantizers(model)) == 14
 
 
+def test_an_encoder_the_integer_points_do_not_know_fails_with_that_error_and_no_wrappers_left():
+    from conftest import build_tiny_model
+
+    model = build_tiny_model("sequence", "distilbert")
+    with pytest.raises(NotImplementedError):
+        qat.apply(model, INTEGER)
+    assert qat.quantized_layers(model) == [] and qat_integer.quantizers(model) == []
+
+
 def test_hook_reports_the_learned_ranges(sst_encoded, tmp_path):
     model = _model_with_spread()
     qat.apply(model, INTEGER, calibration=_calibration())

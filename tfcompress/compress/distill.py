@@ -222,8 +222,9 @@ class Distiller(keras.Model):
         task (str | None): ``"sequence"`` or ``"token"``; inferred from the logits rank when None.
         same_tokenizer (bool): True (default) when both read the same token ids (checked through the
             vocabulary size). False for another architecture or tokenizer: the teacher never sees the
-            student's batches; its per-text logits come from :meth:`use_teacher_logits`, and only the
-            logit terms apply (hidden-state and attention weights must be 0).
+            student's batches; its per-text logits come from :meth:`use_teacher_logits` (logit terms
+            only), a token task's per-word logits and hidden states from :meth:`use_teacher_token_logits`;
+            attention weights must be 0.
 
     Attributes:
         teacher, student: the two models. ``student`` is what gets saved after training.

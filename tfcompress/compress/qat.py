@@ -191,7 +191,10 @@ def apply(model, config: QATConfig | None = None, calibration=None):
         if calibration is not None:
             calibrate_ranges(model, calibration, num_examples=config.calibration_examples)
     except BaseException:
-        strip(model)
+        try:
+            strip(model)
+        except Exception:  # the original error is the one to see
+            log.exception("QAT: could not undo a failed qat.apply; the model may hold QAT wrappers")
         raise
     log.info("QAT: wrapped %d Dense layers in QuantizeWrapperV2 (TFMOT default 8-bit), %d of them "
              "prune-preserving: %s", len(refs), len(preserved), ", ".join(ref.path for ref in refs))
@@ -355,6 +358,9 @@ def strip(model):
     for ref in refs:
         wrapper = ref.layer
         inner = wrapper.layer
+        if not hasattr(wrapper, "_weight_vars"):  # never built (apply failed before its first call)
+            replace_layer(ref, inner)
+            continue
         for weight, mask in _sparsity_masks(wrapper):
             weight.assign(weight * tf.cast(mask, weight.dtype))
         quantize_config = wrapper.quantize_config

@@ -142,6 +142,11 @@ class TeacherCache:
                     or len(word_positions) != len(word_hidden)):
                 raise ValueError(f"word hidden states {np.shape(word_hidden)} / positions {np.shape(word_positions)} "
                                  f"do not cover the {int(words.sum())} words of {len(lengths)} examples")
+            positions, limits = np.asarray(word_positions, np.int64), np.repeat(lengths, words)
+            if (positions >= limits).any():
+                word = int(np.argmax(positions >= limits))
+                raise ValueError(f"word {word}: student position {positions[word]} is past its example's "
+                                 f"{limits[word]} tokens (the positions were made for other data)")
             word_hidden = np.asarray(word_hidden, dtype=np.float16)
             for name, value in (("word_splits", np.concatenate([[0], np.cumsum(words)]).astype(np.int64)),
                                 ("word_hidden", word_hidden),

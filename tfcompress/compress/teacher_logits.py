@@ -12,8 +12,8 @@ hidden-state loss the same pass keeps the teacher's hidden states of the mapped 
 sub-tokens (:func:`compute_word_outputs`, float16, in the same file, ``hidden_layers`` in its fields), and the
 student reads its own hidden state of each word at :func:`student_word_positions`.
 
-A cache file ``<cache_dir>/<teacher folder name>-<key>.npz`` holds ``logits`` (``[N, C]`` float32)
-and ``fields``, a JSON object of everything the logits depend on (see :func:`cache_fields`): the
+A cache file ``<cache_dir>/<teacher folder name>-<key>.npz`` holds ``logits`` (``[N, C]`` float32),
+per-word ``hidden`` states when ``fields["hidden_layers"]`` asks for them, and ``fields``, a JSON object of everything the logits depend on (see :func:`cache_fields`): the
 teacher (folder, weights digest, labels, max length) and the texts (count and digest, which covers the
 training data and the augmentation), plus the augmentation settings for the reader. The key is a hash
 of the fields, so another teacher, other data or another augmentation gets another file, and the log
@@ -292,10 +292,10 @@ class TeacherLogitCache:
     @staticmethod
     def _write(path: Path, fields: dict, logits: np.ndarray, hidden: np.ndarray | None = None) -> None:
         buffer = io.BytesIO()
-        extra = {} if hidden is None else {"hidden": hidden.astype(np.float16)}
+        extra = {} if hidden is None else {"hidden": hidden.astype(np.float16, copy=False)}
         np.savez(buffer, logits=logits.astype(np.float32), fields=np.array(json.dumps(fields, sort_keys=True)),
                  **extra)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getbuffer())
 
     @staticmethod
     def _read_hidden(path: Path, fields: dict) -> np.ndarray:

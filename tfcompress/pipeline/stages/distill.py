@@ -196,7 +196,8 @@ def distill_stage(context: Context) -> dict:
     (``student.init``) and trains through the Trainer with the Distiller's loss and hooks. A teacher
     that tokenizes like the student is run on the student's batches (or cached in memory with
     ``distill.cache_teacher``); one of another architecture or tokenizer teaches through its per-text
-    logits, computed once with its own tokenizer and kept on disk. Records teacher and student test
+    logits (token task: per-word logits, and hidden states with ``distill.hidden_loss_weight``), computed
+    once with its own tokenizer and kept on disk. Records teacher and student test
     metrics (each read with its own tokenizer), parameter counts and the layer map.
     """
     config = context.config
@@ -232,6 +233,7 @@ def distill_stage(context: Context) -> dict:
         values, mask, logits_file, hidden = _cross_tokenizer_word_targets(context, teacher, teacher_tokenizer, train,
                                                                           augmented, hidden_layers)
         cache = distiller.use_teacher_token_logits(values, mask, train.lengths(), **hidden)
+        del values, mask, hidden  # the Distiller holds them now (the hidden states: gigabytes)
     elif not same:
         logits, logits_file = _cross_tokenizer_logits(context, teacher, teacher_tokenizer, augmented)
         cache = distiller.use_teacher_logits(logits)
