@@ -232,10 +232,15 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
     assert _stage(tmp_path / "second", "distill")["teacher_logits"]["reused"] is True
     # masked copies of the sentences: the teacher labels every word of them too (another cache file); and
     # the hidden states of the mapped layers at each word's first sub-token, in the same file
+    # and a transfer set: unlabelled sentences from a text file, labelled per word by the teacher too
+    transfer = tmp_path / "news.txt"
+    transfer.write_text("berlin talks end\n\nreuters said on monday\nunused line\n")
     _in_process(command + ["--output-dir", str(tmp_path / "third"), "--augment-copies", "1", "--set",
                            "distill.augment_mask_prob=0.5", "--set", "distill.augment_seed=3", "--set",
-                           "distill.hidden_loss_weight=1.0"], monkeypatch)
+                           "distill.hidden_loss_weight=1.0", "--transfer-file", str(transfer), "--set",
+                           "distill.transfer_max=2"], monkeypatch)
     augmented = _stage(tmp_path / "third", "distill")
+    assert augmented["transfer_examples"] == 2
     assert augmented["teacher_logits"]["hidden_layers"] == [layer for layer, _ in augmented["layer_map"]]
     rows = [json.loads(line) for line in (tmp_path / "third" / "distill" / "metrics.jsonl").read_text().splitlines()]
     assert any(row.get("train/distill/hidden_loss", 0) > 0 for row in rows)
@@ -245,7 +250,7 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
     assert augmented["augmented_examples"] == len(copies) > 0
     logits = augmented["teacher_logits"]
     assert logits["reused"] is False
-    assert logits["words"] == sum(len(w) for w in train.words) + sum(len(w) for w in copies)
+    assert logits["words"] == sum(len(w) for w in train.words) + sum(len(w) for w in copies) + 3 + 4
     assert logits["student_words_without_target"] == 0
     # the teacher read the masked words with its own mask token
     import numpy as np
@@ -256,7 +261,8 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
         stored = json.loads(str(archive["fields"]))
     teacher_mask = "<mask>"
     expected = [list(w) for w in train.words] + [[teacher_mask if w == tiny_tokenizer.mask_token else w for w in s]
-                                                 for s in copies]
+                                                 for s in copies] + [["berlin", "talks", "end"],
+                                                                     ["reuters", "said", "on", "monday"]]
     assert any(teacher_mask in s for s in expected) and stored["texts_sha256"] == teacher_logits.texts_digest(expected)
     # a teacher of the student's own tokenizer gives no per-word targets: augmented sentences are refused
     from tfcompress.cli import commands as cli
@@ -265,7 +271,7 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
     with pytest.raises(SystemExit) as exit_info:
         cli.main(same[3:] + ["--output-dir", str(tmp_path / "fourth"), "--augment-copies", "1"])
     assert exit_info.value.code == 2
-    assert "distill.augment_copies=1: augmented sentences of a token task" in capsys.readouterr().err
+    assert "distill.augment_copies=1: unlabelled sentences of a token task" in capsys.readouterr().err
 
 
 def test_the_teacher_stage_is_a_side_branch_of_the_hash_chain():

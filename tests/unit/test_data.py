@@ -9,7 +9,8 @@ import pytest
 from conftest import CONLL_LABELS, SST_ROWS
 from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.data.encoding import EncodedData, encode
-from tfcompress.data.readers import DataError, TextClassificationExamples, TokenClassificationExamples, iob1_to_iob2, read_conll, read_text_classification
+from tfcompress.data.readers import (DataError, TextClassificationExamples, TokenClassificationExamples, iob1_to_iob2,
+                                     read_conll, read_lines, read_text_classification)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -427,3 +428,19 @@ def test_a_failed_atomic_write_leaves_no_temporary_file_and_the_old_content(tmp_
         utils.atomic_write_bytes(path, b"new" * 1000)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
+
+
+def test_read_lines_keeps_the_non_empty_lines_and_names_the_bad_line(tmp_path):
+    good = tmp_path / "transfer.txt"
+    good.write_text("\ufeffBerlin is big .\n\n  EU talks  \n")
+    assert read_lines(good) == ["Berlin is big .", "EU talks"]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    with pytest.raises(DataError, match=r"bad.txt:2: bytes that are not UTF-8"):
+        read_lines(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(DataError, match="empty.txt: no text"):
+        read_lines(empty)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_lines(tmp_path / "missing.txt")

@@ -464,3 +464,7 @@ def test_augmentation_config_is_checked():
         DistillConfig(augment_copies=-1)
     with pytest.raises(ValueError, match="augment_ngram_prob"):
         DistillConfig(augment_copies=1, augment_ngram_prob=2.0)
+    with pytest.raises(ValueError, match="transfer_file.*alpha < 1"):
+        DistillConfig(alpha=1.0, transfer_file="news.txt")
+    with pytest.raises(ValueError, match="transfer_max"):
+        DistillConfig(transfer_file="news.txt", transfer_max=-1)

@@ -127,10 +127,11 @@ def add_distill_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfi
                        help="weight of the attention-distribution KL over the layer map, 0 = off (default: %(default)s)")
     group.add_argument("--distill-epochs", type=float, default=defaults.distill_train.epochs,
                        help="epochs of the distill stage (default: %(default)s)")
+    group.add_argument("--transfer-file", default=d.transfer_file, metavar="TEXT_FILE", help="unlabelled texts, one "
+                       "per line (token task: words split by spaces), labelled by the teacher; needs --alpha < 1")
     group.add_argument("--augment-copies", type=int, default=d.augment_copies,
-                       help="augmented copies of each training text or sentence (word masking, n-gram sampling) "
-                            "the student learns from the teacher's soft labels, 0 = off; needs --alpha < 1 "
-                            "(default: %(default)s)")
+                       help="augmented copies of each training text or sentence (word masking, n-gram sampling), "
+                            "labelled by the teacher, 0 = off; needs --alpha < 1 (default: %(default)s)")
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfig) -> None:
@@ -297,7 +298,7 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         config.student.num_layers = args.student_layers or config.student.num_layers
     for flag, name in (("temperature", "temperature"), ("alpha", "alpha"),
                        ("hidden_loss_weight", "hidden_loss_weight"), ("attention_loss_weight", "attention_loss_weight"),
-                       ("augment_copies", "augment_copies")):
+                       ("augment_copies", "augment_copies"), ("transfer_file", "transfer_file")):
         if has(flag):
             setattr(config.distill, name, getattr(args, flag))
     if has("distill_epochs"):

@@ -361,6 +361,9 @@ class RecipeConfig:
         if self.stages != sorted(self.stages, key=STAGE_ORDER.index):
             raise ConfigError(f"stages={self.stages!r} (--stages): out of order; the chain runs "
                               f"{' -> '.join(s for s in STAGE_ORDER if s in self.stages)}")
+        if self.prune_distill.transfer_file:
+            raise ConfigError(f"prune_distill.transfer_file={self.prune_distill.transfer_file!r}: the prune stage "
+                              "does not read a transfer set; set distill.transfer_file")
         if self.prune_distill.augment_copies:
             raise ConfigError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
                              "stage does not augment; set distill.augment_copies")

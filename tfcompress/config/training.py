@@ -308,6 +308,11 @@ class DistillConfig:
         augment_seed (int | None): seed of the augmentation; None = the stage's training seed. Fix it
             to compare student seeds on the same augmented texts (a teacher of another tokenizer then
             computes their logits once: the cache is keyed by the texts).
+        transfer_file (str): a UTF-8 text file of unlabelled texts, one per line (token task: sentences,
+            words separated by whitespace), that the teacher labels and the student learns from like the
+            augmented copies (soft labels only; needs ``alpha < 1``): a transfer set beyond the training
+            data. "" = none.
+        transfer_max (int): read at most this many lines of ``transfer_file``; 0 = all.
         teacher_cache_dir (str): where a teacher of another tokenizer keeps its per-text logits
             (:mod:`tfcompress.compress.teacher_logits`); "" = ``$TFCOMPRESS_CACHE/teacher-logits``
             (default ``~/.cache/tfcompress/teacher-logits``), shared by every run on the machine.
@@ -326,6 +331,8 @@ class DistillConfig:
     augment_mask_prob: float = 0.1
     augment_ngram_prob: float = 0.25
     augment_seed: int | None = None
+    transfer_file: str = ""
+    transfer_max: int = 0
     teacher_cache_dir: str = ""
 
     def __post_init__(self):
@@ -361,6 +368,12 @@ class DistillConfig:
         if self.augment_copies and self.alpha >= 1.0:
             bad("augment_copies", "needs alpha < 1: augmented texts have no hard label, only the teacher's "
                 "(for a labels-only student set augment_copies to 0: --augment-copies 0)")
+        if not isinstance(self.transfer_file, str):
+            bad("transfer_file", "must be a path string (\"\" = no transfer set)")
+        if isinstance(self.transfer_max, bool) or not isinstance(self.transfer_max, int) or self.transfer_max < 0:
+            bad("transfer_max", "must be an integer >= 0 (0 = every line)")
+        if self.transfer_file and self.alpha >= 1.0:
+            bad("transfer_file", "needs alpha < 1: its texts have no hard label, only the teacher's")
         if self.augment_seed is not None and (isinstance(self.augment_seed, bool) or not isinstance(self.augment_seed, int)):
             bad("augment_seed", "must be an integer or None (None: the training seed)")
         for name in ("augment_mask_prob", "augment_ngram_prob"):

@@ -112,6 +112,18 @@ def _read_text(path: Path) -> str:
         raise DataError(path, line, f"bytes that are not UTF-8 ({error.reason})", "a UTF-8 text file") from None
 
 
+def read_lines(path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped: one unlabelled text (or whitespace-separated
+    sentence) per line, e.g. a transfer set for distillation. DataError (file and line) for bytes that are
+    not UTF-8 or a file with no text; FileNotFoundError for a missing one."""
+    path = Path(path)
+    lines = [line.strip() for line in _read_text(path).splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise DataError(path, None, "no text (every line is empty)", "one text per line")
+    return lines
+
+
 def _text_format(path: Path) -> str:
     name = path.name.lower()
     for suffix in (".gz", ".bz2", ".xz"):

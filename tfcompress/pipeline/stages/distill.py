@@ -42,6 +42,19 @@ def _augmented_texts(context: "Context") -> list:
     return texts
 
 
+def _transfer_examples(context: "Context") -> list:
+    """The transfer set (``distill.transfer_file``): texts, or word lists for a token task; [] without one."""
+    config = context.config.distill
+    if not config.transfer_file:
+        return []
+    lines = readers.read_lines(config.transfer_file)
+    if config.transfer_max:
+        lines = lines[:config.transfer_max]
+    log.info("distill: %d unlabelled %s from the transfer set %s, soft labels only", len(lines),
+             "sentences" if context.config.task == "token" else "texts", config.transfer_file)
+    return [line.split() for line in lines] if context.config.task == "token" else lines
+
+
 def _augment_seed(context: "Context") -> int:
     seed = context.config.distill.augment_seed
     return context.config.distill_train.seed if seed is None else seed
@@ -117,10 +130,18 @@ def _teacher_mask(context: "Context", teacher_tokenizer) -> str:
 
 
 def _augmentation(context: "Context", augmented: list) -> dict:
-    """What the augmented examples depend on (part of the teacher-logits cache key); {} without them."""
+    """What the augmented and transfer examples depend on (part of the teacher-logits cache key; their texts
+    are in it too); {} without them."""
     config = context.config.distill
-    return {} if not augmented else {"copies": config.augment_copies, "mask_prob": config.augment_mask_prob,
-                                     "ngram_prob": config.augment_ngram_prob, "seed": _augment_seed(context)}
+    if not augmented:
+        return {}
+    out = {}
+    if config.augment_copies:
+        out.update(copies=config.augment_copies, mask_prob=config.augment_mask_prob,
+                   ngram_prob=config.augment_ngram_prob, seed=_augment_seed(context))
+    if config.transfer_file:  # the file's name (its lines are in the texts' digest), not where it lies
+        out.update(transfer_file=Path(config.transfer_file).name, transfer_max=config.transfer_max)
+    return out
 
 
 def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augmented: list) -> tuple:
@@ -130,7 +151,7 @@ def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augm
     # An augmented text masks words with the student's mask token; the teacher reads its own.
     student_mask = context.tokenizer().mask_token
     texts = list(context.examples("train").texts) + list(augmented)
-    if augmented and student_mask:
+    if config.distill.augment_copies and student_mask:
         texts = [text.replace(student_mask, _teacher_mask(context, teacher_tokenizer)) for text in texts]
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config), texts,
                                          config.data.max_length, _augmentation(context, augmented), dtype=_policy())
@@ -162,7 +183,7 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     max_length = config.data.max_length
     words = [list(sentence) for sentence in context.examples("train").words] + [list(s) for s in augmented]
     teacher_words = words
-    if augmented:  # the masked words, read with the teacher's own mask token
+    if config.distill.augment_copies:  # the masked words, read with the teacher's own mask token
         student_mask, teacher_mask = context.tokenizer().mask_token, _teacher_mask(context, teacher_tokenizer)
         teacher_words = [[teacher_mask if word == student_mask else word for word in sentence] for sentence in words]
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config),
@@ -207,11 +228,12 @@ def distill_stage(context: Context) -> dict:
     teacher = _load_teacher(context, teacher_path)
     teacher_tokenizer = loading.load_tokenizer(teacher_path)
     same = _same_tokenizer(teacher, teacher_tokenizer, context)
-    if same and config.task == "token" and config.distill.augment_copies:
-        raise ConfigError(f"distill.augment_copies={config.distill.augment_copies}: augmented sentences of a token "
+    if same and config.task == "token" and (config.distill.augment_copies or config.distill.transfer_file):
+        field = "augment_copies" if config.distill.augment_copies else "transfer_file"
+        raise ConfigError(f"distill.{field}={getattr(config.distill, field)!r}: unlabelled sentences of a token "
                           "task are taught through the per-word targets of a teacher with another tokenizer; "
                           f"{teacher_path} tokenizes like the student and teaches at the labelled sub-tokens only "
-                          "(set augment_copies to 0)")
+                          f"(unset {field})")
     init = _student_init(context, same)
     if init == "teacher":
         student = make_student(teacher, num_layers=config.student.num_layers)
@@ -221,7 +243,8 @@ def distill_stage(context: Context) -> dict:
         student = make_student(base, num_layers=config.student.num_layers)
         del base
     distiller = distill.Distiller(teacher, student, config.distill, task=config.task, same_tokenizer=same)
-    augmented = _augmented_texts(context)
+    transfer = _transfer_examples(context)
+    augmented = _augmented_texts(context) + transfer  # unlabelled: the teacher's soft labels only
     train, evaluation = _training_data(context, augmented), context.encoded("eval")
     cache, logits_file = None, None
     # cross-tokenizer: logits, and per-word hidden states in a token task (attention maps refused)
@@ -255,7 +278,7 @@ def distill_stage(context: Context) -> dict:
         teacher_metrics=scalars(teacher_metrics), eval_metrics=scalars(result["metrics"]),
         teacher_params=description["teacher_params"], student_params=description["student_params"],
         layer_map=description["layer_map"], distillation=description, teacher_cache=cache,
-        augmented_examples=len(augmented), best_step=result["best_step"], steps=result["steps"],
+        augmented_examples=len(augmented) - len(transfer), transfer_examples=len(transfer), best_step=result["best_step"], steps=result["steps"],
         train_samples_per_second=result["samples_per_second"], per_class=per_class_of(student_metrics), **facts)
     report.save()
     primary = primary_name(context)
