@@ -67,9 +67,13 @@ def test_an_mpnet_teacher_teaches_a_bert_student_through_cached_per_text_logits(
                            "1", "--stages", "distill"], monkeypatch)
     assert _stage(second, "distill")["teacher_logits"]["reused"] is True
 
-    third = folder / "third"  # augmentation changes the texts: another cache file
+    third = folder / "third"  # augmentation and a transfer set change the texts: another cache file
+    transfer = folder / "reviews.txt"
+    transfer.write_text("a fine film\n\nnot my kind of movie\n")
     _in_process(command + ["--output-dir", str(third), "--distill-from", str(tiny_mpnet_dir), "--student-layers",
-                           "1", "--augment-copies", "1", "--alpha", "0.5", "--stages", "distill"], monkeypatch)
+                           "1", "--augment-copies", "1", "--alpha", "0.5", "--transfer-file", str(transfer),
+                           "--stages", "distill"], monkeypatch)
+    assert _stage(third, "distill")["transfer_examples"] == 2
     logits = _stage(third, "distill")["teacher_logits"]
     assert logits["reused"] is False and logits["texts"] > len(SST_ROWS)
     assert logits["file"] != record["teacher_logits"]["file"]
@@ -83,6 +87,8 @@ def test_an_mpnet_teacher_teaches_a_bert_student_through_cached_per_text_logits(
     with np.load(logits["file"]) as archive:
         stored = json.loads(str(archive["fields"]))
     expected = texts + augment.augment_texts(texts, 1, "<mask>", seed=stored["augmentation"]["seed"])
+    expected += ["a fine film", "not my kind of movie"]
+    assert stored["augmentation"]["transfer_file"] == "reviews.txt"
     assert stored["texts_sha256"] == teacher_logits.texts_digest(expected)
 
 
