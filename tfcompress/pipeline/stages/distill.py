@@ -278,7 +278,8 @@ def distill_stage(context: Context) -> dict:
         teacher_metrics=scalars(teacher_metrics), eval_metrics=scalars(result["metrics"]),
         teacher_params=description["teacher_params"], student_params=description["student_params"],
         layer_map=description["layer_map"], distillation=description, teacher_cache=cache,
-        augmented_examples=len(augmented) - len(transfer), transfer_examples=len(transfer), best_step=result["best_step"], steps=result["steps"],
+        augmented_examples=len(augmented) - len(transfer), transfer_examples=len(transfer),
+        best_step=result["best_step"], steps=result["steps"],
         train_samples_per_second=result["samples_per_second"], per_class=per_class_of(student_metrics), **facts)
     report.save()
     primary = primary_name(context)
