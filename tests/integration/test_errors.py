@@ -74,6 +74,12 @@ def test_too_long_max_length_is_refused_before_training(tiny_model, tmp_path, ca
     assert code == 2 and "data.max_length=1000" in line and "512" in line
 
 
+def test_document_context_on_a_text_classification_run_is_refused(tiny_model, tmp_path, capsys, monkeypatch):
+    code, line = _run(tmp_path, capsys, monkeypatch, GOOD, "--set", "data.document_context=8", model=tiny_model)
+    assert code == 2 and "data.document_context=8" in line and "token tasks" in line
+    assert not (tmp_path / "out" / "finetune").exists()
+
+
 def test_a_model_folder_without_model_type_is_refused(tmp_path, capsys, monkeypatch, tiny_model):
     import shutil
 

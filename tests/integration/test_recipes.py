@@ -78,18 +78,21 @@ def tiny_ner(tmp_path, tiny_vocab_dir):
     return model_dir, data_dir
 
 
-def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny_ner):
+@pytest.mark.parametrize("context", [0, 3])
+def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny_ner, context):
     model_dir, data_dir = tiny_ner
     out = tmp_path / "run"
     _run(["recipes/conll2003.py", "--smoke", "--model", str(model_dir), "--data-dir", str(data_dir),
           "--output-dir", str(out), "--stages", "finetune,export,evaluate,release", "--export", "fp32",
-          "--set", "train.learning_rate=0.003"])
+          "--set", "train.learning_rate=0.003", "--set", f"data.document_context={context}"])
     report = json.loads((out / "report.json").read_text())
     assert report["metric"] == "f1"
     assert {"f1", "precision", "recall"} <= set(report["stages"][0]["metrics"])
     fp32 = report["artifacts"][0]
     assert fp32["name"] == "fp32" and "f1" in fp32["metrics"] and fp32["agreement"] == 1.0
     assert (out / "release" / "fp32" / "labels.txt").read_text().split()[0] == "O"
+    manifest = json.loads((out / "release" / "fp32" / "manifest.json").read_text())
+    assert manifest.get("document_context", 0) == context == fp32.get("document_context", 0)  # what an app must feed
 
 
 def _recipe(name):

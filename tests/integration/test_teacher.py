@@ -236,6 +236,10 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
     assert any("train/distill/kd_loss" in row for row in rows)
     _in_process(command + ["--output-dir", str(tmp_path / "second")], monkeypatch)
     assert _stage(tmp_path / "second", "distill")["teacher_logits"]["reused"] is True
+    # a student reading each sentence in its document context: the teacher's per-sentence word logits serve it
+    _in_process(command + ["--output-dir", str(tmp_path / "context"), "--set", "data.document_context=2"], monkeypatch)
+    in_context = _stage(tmp_path / "context", "distill")["teacher_logits"]
+    assert in_context["reused"] is True and in_context["student_words_without_target"] == 0
     # masked copies of the sentences: the teacher labels every word of them too (another cache file); and
     # the hidden states of the mapped layers at each word's first sub-token, in the same file
     # and a transfer set: unlabelled sentences from a text file, labelled per word by the teacher too

@@ -10,7 +10,7 @@ from conftest import CONLL_LABELS, SST_ROWS
 from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.data.encoding import EncodedData, encode
 from tfcompress.data.readers import (DataError, TextClassificationExamples, TokenClassificationExamples, iob1_to_iob2,
-                                     read_conll, read_lines, read_text_classification)
+                                     read_conll, read_lines, read_text_classification, with_document_context)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -104,6 +104,39 @@ def test_conll_tab_separated_and_no_trailing_blank_line(tmp_path):
     examples = read_conll(path)
     assert examples.words == [["a", "paris"], ["b"]]
     assert examples.tags == [["O", "B-LOC"], ["O"]]
+
+
+def test_conll_docstart_lines_number_the_documents(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("a O\n\nb O\n\n-DOCSTART- -X- O\n\nc O\nd O\n-DOCSTART- -X- O\ne O\n\n"
+                    "-DOCSTART- -X- O\n\n-DOCSTART- -X- O\n\nf O\n")
+    examples = read_conll(path)
+    assert examples.words == [["a"], ["b"], ["c", "d"], ["e"], ["f"]]
+    assert examples.documents == [0, 0, 1, 2, 3]
+
+
+def test_document_context_takes_nearest_words_of_the_same_document_only(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("a O\nb O\n\nc B-LOC\n\nd O\ne O\nf O\n\n-DOCSTART- -X- O\n\ng O\n")
+    examples = with_document_context(read_conll(path), 2)
+    assert examples.left == [[], ["a", "b"], ["b", "c"], []]
+    assert examples.right == [["c", "d"], ["d", "e"], [], []]
+    assert examples.words_in_context()[1] == ["a", "b", "c", "d", "e"]
+    assert examples.left_counts() == [0, 2, 2, 0]
+    assert examples.tags[1] == ["B-LOC"]  # the sentence's own tags only
+    assert with_document_context(read_conll(path), 0).words_in_context() == read_conll(path).words
+
+
+def test_document_context_words_are_read_but_never_labelled(tiny_tokenizer, conll_file):
+    plain = encode(tiny_tokenizer, read_conll(conll_file, label_names=CONLL_LABELS), max_length=64)
+    wide = encode(tiny_tokenizer, with_document_context(read_conll(conll_file, label_names=CONLL_LABELS), 3),
+                  max_length=64)
+    assert all(len(a) > len(b) for a, b in zip(wide.features["input_ids"], plain.features["input_ids"]))
+    for narrow, context in zip(plain.labels, wide.labels):  # the same tags, in order, and nothing else
+        assert context[context != IGNORE_INDEX].tolist() == narrow[narrow != IGNORE_INDEX].tolist()
+    middle = tiny_tokenizer.convert_ids_to_tokens(wide.features["input_ids"][1].tolist())
+    assert middle[:5] == ["[CLS]", "visited", "london", ".", "the"]  # the last 3 words of sentence 0 first
+    assert wide.words == plain.words and wide.num_words_dropped == 0
 
 
 # ----------------------------------------------------------------------------- bad input

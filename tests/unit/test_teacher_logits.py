@@ -340,3 +340,28 @@ def test_word_level_hidden_states_across_tokenizers_compare_each_words_first_sub
                     errors.append(np.mean((projected[0, 0] - hidden[w, k].astype(np.float32)) ** 2))
         per_layer.append(np.mean(errors))
     np.testing.assert_allclose(terms["distill/hidden_loss"].numpy(), np.mean(per_layer), rtol=1e-5)
+
+
+def test_per_word_targets_land_on_the_sentence_words_of_a_student_reading_document_context(word_setup, tiny_tokenizer):
+    """The teacher reads each sentence alone; a student that reads the neighbouring sentences too
+    (data.document_context) gets each target at its first sub-token of the sentence's own word: exactly the
+    positions its labels score, none on the context words."""
+    from conftest import CONLL_LABELS
+    from tfcompress.compress import teacher_logits
+    from tfcompress.config.constants import IGNORE_INDEX
+    from tfcompress.data import encoding, readers
+
+    _, _, targets, alone = word_setup
+    _, word_logits = targets()
+    examples = readers.with_document_context(
+        readers.TokenClassificationExamples(WORDS, [["O"] * len(w) for w in WORDS], CONLL_LABELS, "words"), 3)
+    assert any(examples.left) and any(examples.right)
+    student = encoding.encode(tiny_tokenizer, examples, max_length=32)
+    spans = [(left, len(sentence)) for left, sentence in zip(examples.left_counts(), WORDS)]
+    positions = teacher_logits.word_positions(tiny_tokenizer, examples.words_in_context(), 32, spans)
+    values, mask, masked = teacher_logits.align_to_student(word_logits, positions, student.lengths())
+    labelled = np.concatenate([labels != IGNORE_INDEX for labels in student.labels])
+    assert masked == 0 and mask.astype(bool).tolist() == labelled.tolist()
+    plain_values, plain_mask, _ = teacher_logits.align_to_student(
+        word_logits, teacher_logits.word_positions(tiny_tokenizer, WORDS, 32), alone.lengths())
+    np.testing.assert_array_equal(values[mask == 1], plain_values[plain_mask == 1])  # the same targets, in order

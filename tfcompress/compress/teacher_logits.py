@@ -157,10 +157,15 @@ def compute_logits(teacher, data, batch_size: int = 64, rows: np.ndarray | None 
     return logits
 
 
-def word_positions(tokenizer, words: Sequence[Sequence[str]], max_length: int) -> list[np.ndarray]:
+def word_positions(tokenizer, words: Sequence[Sequence[str]], max_length: int,
+                   spans: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray]:
     """Per sentence, the token position of each word's first sub-token in ``tokenizer``'s encoding
     (special tokens counted, ``max_length`` applied); -1 for a word that got no token (cut by
-    ``max_length`` or tokenised to nothing)."""
+    ``max_length`` or tokenised to nothing). ``spans``: per sentence ``(start, count)``, the positions of
+    those words only (a sentence read inside its document context)."""
+    if spans is not None:
+        return [positions[start:start + count] for positions, (start, count) in
+                zip(word_positions(tokenizer, words, max_length), spans)]
     out = []
     for start in range(0, len(words), 1024):
         chunk = [list(sentence) for sentence in words[start:start + 1024]]

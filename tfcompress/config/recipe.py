@@ -26,6 +26,10 @@ class DataConfig:
         text_column / label_column: columns for text classification files (TSV, CSV, JSONL).
         max_length: tokens per example at training time (longer ones are truncated and counted).
         max_train_samples / max_eval_samples / max_test_samples: keep the first N (0: all).
+        document_context: token task: words of the sentences around each sentence that the model also
+            reads (up to N before and N after, from its ``-DOCSTART-`` document; a file without those lines
+            counts as one document in file order), not tagged or scored. The released model expects the
+            same context in its input (``manifest.json``: ``document_context``). 0: each sentence alone.
     """
 
     train_file: str = ""
@@ -37,10 +41,13 @@ class DataConfig:
     max_train_samples: int = 0
     max_eval_samples: int = 0
     max_test_samples: int = 0
+    document_context: int = 0
 
     def validate(self) -> None:
         if self.max_length < 2:
             raise ConfigError(f"data.max_length={self.max_length!r}: must be >= 2 ([CLS] and [SEP])")
+        if self.document_context < 0:
+            raise ConfigError(f"data.document_context={self.document_context!r}: must be >= 0 (0: no context)")
         for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"data.{name}={getattr(self, name)!r}: must be >= 0 (0: all)")
@@ -353,6 +360,9 @@ class RecipeConfig:
         if self.pooling not in ("auto", "cls", "mean") or (self.task == "token" and self.pooling == "mean"):
             raise ConfigError(f"pooling={self.pooling!r}: 'auto', 'cls' or 'mean' for sequence tasks, 'auto' or "
                              "'cls' for token tasks")
+        if self.task == "sequence" and self.data.document_context:
+            raise ConfigError(f"data.document_context={self.data.document_context}: document context is for token "
+                              "tasks (a text classification example is its own text)")
         unknown = [s for s in self.stages if s not in STAGE_ORDER]
         if not self.stages or unknown:
             raise ConfigError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGE_ORDER)}")

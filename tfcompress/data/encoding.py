@@ -269,7 +269,7 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
 
     Returns:
         EncodedData. Token task: the first sub-token of each word carries its tag id, other
-        sub-tokens and special tokens ``IGNORE_INDEX``.
+        sub-tokens, special tokens and document context (``examples.left``/``right``) ``IGNORE_INDEX``.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; encode needs one "
@@ -280,8 +280,9 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
     if isinstance(examples, TextClassificationExamples):
         task, inputs = "sequence", examples.texts
     elif isinstance(examples, TokenClassificationExamples):
-        task, inputs = "token", examples.words
+        task, inputs = "token", examples.words_in_context()  # context words: read, tagged IGNORE_INDEX
         tag_index = {name: i for i, name in enumerate(examples.label_names)}
+        lefts = examples.left_counts()
     else:
         raise TypeError(f"examples: {type(examples).__name__}; expected TextClassificationExamples or "
                         "TokenClassificationExamples")
@@ -314,9 +315,11 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
             for offset in range(len(chunk)):
                 index = start + offset
                 word_ids = batch.word_ids(offset)
-                tags = [tag_index[tag] for tag in examples.tags[index]]
-                aligned = _align_labels(word_ids, tags)
-                words_dropped += len(tags) - len({w for w in word_ids if w is not None})
+                left, tags = lefts[index], [tag_index[tag] for tag in examples.tags[index]]
+                context = [IGNORE_INDEX] * (len(inputs[start + offset]) - left - len(tags))
+                aligned = _align_labels(word_ids, [IGNORE_INDEX] * left + tags + context)
+                kept = {w for w in word_ids if w is not None}
+                words_dropped += sum(word not in kept for word in range(left, left + len(tags)))
                 labels.append(aligned)
         bar.update(len(chunk))
     bar.close()

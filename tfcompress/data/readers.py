@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -87,17 +88,59 @@ class TokenClassificationExamples:
         tags: per sentence, one IOB2 tag string per word (IOB1 input is converted on reading).
         label_names: tag vocabulary, index = label id.
         source: where the examples came from (a path).
+        documents: per sentence, the index of its document (``-DOCSTART-`` lines start one); None: unknown.
+        left / right: per sentence, words of its document read before / after it as context (not tagged,
+            not scored; :func:`with_document_context`); None: the sentence alone.
     """
 
     words: list[list[str]]
     tags: list[list[str]]
     label_names: list[str]
     source: str
+    documents: list[int] | None = None
+    left: list[list[str]] | None = None
+    right: list[list[str]] | None = None
 
     task = "token"
 
     def __len__(self) -> int:
         return len(self.words)
+
+    def words_in_context(self) -> list[list[str]]:
+        """Per sentence, the words a model reads: left context, the sentence, right context."""
+        if self.left is None:
+            return [list(sentence) for sentence in self.words]
+        return [list(left) + list(sentence) + list(right) for left, sentence, right in
+                zip(self.left, self.words, self.right)]
+
+    def left_counts(self) -> list[int]:
+        """Per sentence, how many context words precede it in :meth:`words_in_context`."""
+        return [0] * len(self.words) if self.left is None else [len(left) for left in self.left]
+
+
+def with_document_context(examples: TokenClassificationExamples, words: int) -> TokenClassificationExamples:
+    """The examples with up to ``words`` words of context on each side of every sentence: the nearest words
+    of the preceding and following sentences of the same document (document-level context, as BERT's
+    CoNLL-2003 results and FLERT use). The context is read by the model but not tagged or scored; a
+    sentence at a document's start or end gets less. Examples without ``documents`` count as one document.
+    """
+    if words < 0:
+        raise ValueError(f"words={words}: must be >= 0")
+    documents = examples.documents if examples.documents is not None else [0] * len(examples)
+    left, right = [], []
+    for index, document in enumerate(documents):
+        before, after = [], []
+        previous = index - 1
+        while len(before) < words and previous >= 0 and documents[previous] == document:
+            before = list(examples.words[previous]) + before
+            previous -= 1
+        following = index + 1
+        while len(after) < words and following < len(documents) and documents[following] == document:
+            after = after + list(examples.words[following])
+            following += 1
+        left.append(before[len(before) - words:] if words else [])
+        right.append(after[:words])
+    return dataclasses.replace(examples, documents=list(documents), left=left, right=right)
 
 
 def _read_text(path: Path) -> str:
@@ -328,15 +371,18 @@ def read_conll(path, label_names: Sequence[str] | None = None) -> TokenClassific
     path = Path(path)
     text = _read_text(path)
     sentences: list[tuple[list[str], list[str], list[int]]] = []
+    documents: list[int] = []
     words, tags, lines = [], [], []
+    document = 0
     for line, content in enumerate(text.split("\n"), start=1):
         columns = content.split()
-        if not columns:
+        if not columns or columns[0] == "-DOCSTART-":
             if words:
                 sentences.append((words, tags, lines))
+                documents.append(document)
                 words, tags, lines = [], [], []
-            continue
-        if columns[0] == "-DOCSTART-":
+            if columns and sentences:  # -DOCSTART- after some sentences: the next ones are another document
+                document = documents[-1] + 1
             continue
         if len(columns) < 2:
             raise DataError(path, line, f"line has 1 column ({content.strip()!r})",
@@ -350,6 +396,7 @@ def read_conll(path, label_names: Sequence[str] | None = None) -> TokenClassific
         lines.append(line)
     if words:
         sentences.append((words, tags, lines))
+        documents.append(document)
     if not sentences:
         raise DataError(path, 1, "empty file (no sentences)",
                         "one 'word ... tag' line per word, blank lines between sentences")
@@ -377,4 +424,5 @@ def read_conll(path, label_names: Sequence[str] | None = None) -> TokenClassific
                 if tag not in known:
                     raise DataError(path, line, f"unknown tag {tag!r} (after IOB2 conversion)",
                                     f"one of {names}")
-    return TokenClassificationExamples(words=all_words, tags=all_tags, label_names=names, source=str(path))
+    return TokenClassificationExamples(words=all_words, tags=all_tags, label_names=names, source=str(path),
+                                       documents=documents)

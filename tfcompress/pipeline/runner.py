@@ -144,6 +144,8 @@ class Context:
                 examples = readers.read_text_classification(path, cfg.text_column, cfg.label_column, label_names)
             else:
                 examples = readers.read_conll(path, label_names)
+                if cfg.document_context:
+                    examples = readers.with_document_context(examples, cfg.document_context)
             limit = {"train": cfg.max_train_samples, "eval": cfg.max_eval_samples, "test": cfg.max_test_samples}[split]
             if limit:
                 examples = examples.head(limit) if hasattr(examples, "head") else _head(examples, limit)

@@ -196,7 +196,12 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     positions = teacher_logits.word_positions(teacher_tokenizer, teacher_words, max_length)
     word_logits, word_hidden, info = _cache(context).load_or_compute_words(
         fields, teacher, data, positions, batch_size=config.distill_train.eval_batch_size)
-    student_positions = teacher_logits.word_positions(context.tokenizer(), words, max_length)
+    # The teacher reads each sentence alone; the student may read it in its document context
+    # (data.document_context): its positions of the sentence's words then start after the left context.
+    examples = context.examples("train")
+    spans = [(left, len(sentence)) for left, sentence in zip(examples.left_counts() + [0] * len(augmented), words)]
+    student_positions = teacher_logits.word_positions(
+        context.tokenizer(), examples.words_in_context() + [list(s) for s in augmented], max_length, spans)
     values, mask, masked = teacher_logits.align_to_student(word_logits, student_positions, train.lengths())
     info["student_words_without_target"] = masked
     if masked:

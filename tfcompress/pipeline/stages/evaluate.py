@@ -90,6 +90,8 @@ def evaluate_stage(context: Context) -> dict:
             "source_model": source, "stock": False, "evaluation_hash": context.digest,
             "delta_vs_finetuned": None if finetune_metric is None or value is None
             else round((value - finetune_metric) * 100.0, 3)})
+        if artifact.get("document_context"):  # scored on sentences read in their context: so must an app
+            record["document_context"] = artifact["document_context"]
         report.add_artifact(record)
         report.save()
         records.append(record)

@@ -62,6 +62,8 @@ def export_stage(context: Context) -> dict:
                           "quantization": quantization, "seq_length": seq_length, "sparsity": sparsity,
                           "convert_seconds": seconds, **runtime.sizes(path),
                           "integer_only": integer.integer_report(path)["integer_only"]})
+        if context.config.data.document_context:  # the input the artifact was evaluated on (manifest.json)
+            artifacts[-1]["document_context"] = context.config.data.document_context
         if name == "int8" and outliers_scaled:
             artifacts[-1]["outlier_percentile"] = outlier_percentile  # rewrites.scale_outlier_channels
 

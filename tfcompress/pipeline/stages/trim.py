@@ -37,7 +37,8 @@ def trim_stage(context: Context) -> dict:
     small, small_tokenizer = vocab.trim(model, tokenizer, keep)
     loading.save_model(small, small_tokenizer, stage_dir / "model")
     test = context.examples("test")
-    respelled = vocab.respelled(tokenizer, small_tokenizer, test.texts if config.task == "sequence" else test.words)
+    respelled = vocab.respelled(tokenizer, small_tokenizer,
+                                test.texts if config.task == "sequence" else test.words_in_context())
     context.current_model = str(stage_dir / "model")  # the test split is encoded with the trimmed tokenizer
     _, test_metrics = test_logits_and_metrics(context, small)
     facts = model_facts(small, stage_dir / "model")
