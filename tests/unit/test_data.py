@@ -120,6 +120,7 @@ def test_document_context_takes_nearest_words_of_the_same_document_only(tmp_path
     path.write_text("a O\nb O\n\nc B-LOC\n\nd O\ne O\nf O\n\n-DOCSTART- -X- O\n\ng O\n")
     examples = with_document_context(read_conll(path), 2)
     assert examples.left == [[], ["a", "b"], ["b", "c"], []]
+    assert with_document_context(read_conll(path), 5).left[2] == ["a", "b", "c"]  # all there is, when fewer
     assert examples.right == [["c", "d"], ["d", "e"], [], []]
     assert examples.words_in_context()[1] == ["a", "b", "c", "d", "e"]
     assert examples.left_counts() == [0, 2, 2, 0]
@@ -137,6 +138,23 @@ def test_document_context_words_are_read_but_never_labelled(tiny_tokenizer, conl
     middle = tiny_tokenizer.convert_ids_to_tokens(wide.features["input_ids"][1].tolist())
     assert middle[:5] == ["[CLS]", "visited", "london", ".", "the"]  # the last 3 words of sentence 0 first
     assert wide.words == plain.words and wide.num_words_dropped == 0
+
+
+def test_document_context_never_pushes_a_sentence_word_out(tiny_tokenizer, conll_file):
+    """At a max_length that fits a sentence but not its context, the farthest context words go first,
+    and every word of the sentence keeps its label."""
+    from tfcompress.data.encoding import fit_context
+
+    examples = with_document_context(read_conll(conll_file, label_names=CONLL_LABELS), 6)
+    assert examples.left[1] == ["john", "smith", "visited", "london", "."] and examples.right[1][:2] == ["mary", "told"]
+    fitted = fit_context(tiny_tokenizer, examples, 12)  # 2 specials + 6 sentence tokens + 4 of context
+    assert fitted.left[1] == ["london", "."] and fitted.right[1] == ["mary", "told"]  # nearest first, both sides
+    data = encode(tiny_tokenizer, examples, max_length=12)
+    assert data.num_words_dropped == 0 and not data.truncated.any()
+    plain = encode(tiny_tokenizer, read_conll(conll_file, label_names=CONLL_LABELS), max_length=12)
+    for narrow, context in zip(plain.labels, data.labels):
+        assert context[context != IGNORE_INDEX].tolist() == narrow[narrow != IGNORE_INDEX].tolist()
+    assert fit_context(tiny_tokenizer, examples, 7).left[1] == []  # the sentence alone fills it: no context
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -254,6 +255,42 @@ def _align_labels(word_ids: Sequence[int | None], word_tags: Sequence[int]) -> n
     return labels
 
 
+def fit_context(tokenizer, examples, max_length: int):
+    """Token examples with document context (``examples.left``/``right``) cut to what fits ``max_length``
+    with every word of the sentence: context words are kept nearest first, alternating left and right, while
+    their sub-tokens fit beside the sentence's and the special tokens. Other examples come back unchanged;
+    a sentence too long on its own gets no context (and is truncated as without it)."""
+    if not isinstance(examples, TokenClassificationExamples) or examples.left is None:
+        return examples
+    budget_all = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    inputs, lefts = examples.words_in_context(), examples.left_counts()
+    left_out, right_out = [], []
+    for start in range(0, len(inputs), _TOKENIZE_CHUNK):
+        chunk = inputs[start:start + _TOKENIZE_CHUNK]
+        batch = tokenizer(chunk, is_split_into_words=True, add_special_tokens=False, verbose=False)
+        for offset, words in enumerate(chunk):
+            pieces = np.bincount([w for w in batch.word_ids(offset) if w is not None], minlength=len(words))
+            index = start + offset
+            left, size = lefts[index], len(examples.words[index])
+            budget = budget_all - int(pieces[left:left + size].sum())
+            before, after = left, len(words) - left - size  # context words still available on each side
+            keep_before = keep_after = 0
+            while budget > 0 and (keep_before < before or keep_after < after):
+                took = False
+                for side in ("before", "after"):
+                    if side == "before" and keep_before < before and pieces[left - keep_before - 1] <= budget:
+                        budget -= int(pieces[left - keep_before - 1])
+                        keep_before, took = keep_before + 1, True
+                    elif side == "after" and keep_after < after and pieces[left + size + keep_after] <= budget:
+                        budget -= int(pieces[left + size + keep_after])
+                        keep_after, took = keep_after + 1, True
+                if not took:
+                    break
+            left_out.append(list(examples.left[index][before - keep_before:]))
+            right_out.append(list(examples.right[index][:keep_after]))
+    return dataclasses.replace(examples, left=left_out, right=right_out)
+
+
 def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str] | None = None,
            progress: bool = False) -> EncodedData:
     """Tokenise examples (batched, fast tokenizer) and align labels.
@@ -280,6 +317,7 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
     if isinstance(examples, TextClassificationExamples):
         task, inputs = "sequence", examples.texts
     elif isinstance(examples, TokenClassificationExamples):
+        examples = fit_context(tokenizer, examples, max_length)  # the sentence's words first, then context
         task, inputs = "token", examples.words_in_context()  # context words: read, tagged IGNORE_INDEX
         tag_index = {name: i for i, name in enumerate(examples.label_names)}
         lefts = examples.left_counts()

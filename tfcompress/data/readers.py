@@ -138,7 +138,7 @@ def with_document_context(examples: TokenClassificationExamples, words: int) -> 
         while len(after) < words and following < len(documents) and documents[following] == document:
             after = after + list(examples.words[following])
             following += 1
-        left.append(before[len(before) - words:] if words else [])
+        left.append(before[max(0, len(before) - words):])
         right.append(after[:words])
     return dataclasses.replace(examples, documents=list(documents), left=left, right=right)
 

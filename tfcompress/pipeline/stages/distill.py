@@ -198,7 +198,7 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
         fields, teacher, data, positions, batch_size=config.distill_train.eval_batch_size)
     # The teacher reads each sentence alone; the student may read it in its document context
     # (data.document_context): its positions of the sentence's words then start after the left context.
-    examples = context.examples("train")
+    examples = encoding.fit_context(context.tokenizer(), context.examples("train"), max_length)  # as encode cut it
     spans = [(left, len(sentence)) for left, sentence in zip(examples.left_counts() + [0] * len(augmented), words)]
     student_positions = teacher_logits.word_positions(
         context.tokenizer(), examples.words_in_context() + [list(s) for s in augmented], max_length, spans)
