@@ -296,3 +296,12 @@ def test_multiworker_throughput_smoke_runs_one_and_two_workers_and_counts_the_gr
     row = rows[(1.0, 4)]  # ring all-reduce: 2 (N - 1) / N of the bytes per host at 1 Gbit/s
     assert row["allreduce_seconds"] == pytest.approx(1.5 * result["gradient"]["bytes"] * 8 / 1e9)
     assert row["speedup"] == pytest.approx(4 * result["compute_step_seconds"] / row["step_seconds"])
+
+
+def test_teacher_labelling_smoke_times_both_policies_on_the_same_weights(tmp_path, results_md_untouched):
+    result = _run("teacher_labelling", ["--smoke", "--results-dir", str(tmp_path)])
+    assert set(result["texts_per_second"]) == {"float32", "mixed_bfloat16"}
+    assert all(_positive(v) for v in result["texts_per_second"].values()) and _positive(result["speedup"])
+    assert all(len(times) == 2 for times in result["round_seconds"].values())
+    # bfloat16 did run (the logits moved), on the same weights (they moved by rounding, not by another head)
+    assert 0 < result["logit_abs_diff"]["max"] and result["logit_abs_diff"]["mean"] < 0.1 * result["logit_scale"]
