@@ -275,17 +275,13 @@ def fit_context(tokenizer, examples, max_length: int):
             budget = budget_all - int(pieces[left:left + size].sum())
             before, after = left, len(words) - left - size  # context words still available on each side
             keep_before = keep_after = 0
-            while budget > 0 and (keep_before < before or keep_after < after):
+            took = True
+            while took:  # one more word on each side while it fits, nearest first
                 took = False
-                for side in ("before", "after"):
-                    if side == "before" and keep_before < before and pieces[left - keep_before - 1] <= budget:
-                        budget -= int(pieces[left - keep_before - 1])
-                        keep_before, took = keep_before + 1, True
-                    elif side == "after" and keep_after < after and pieces[left + size + keep_after] <= budget:
-                        budget -= int(pieces[left + size + keep_after])
-                        keep_after, took = keep_after + 1, True
-                if not took:
-                    break
+                if keep_before < before and pieces[left - keep_before - 1] <= budget:
+                    budget, keep_before, took = budget - int(pieces[left - keep_before - 1]), keep_before + 1, True
+                if keep_after < after and pieces[left + size + keep_after] <= budget:
+                    budget, keep_after, took = budget - int(pieces[left + size + keep_after]), keep_after + 1, True
             left_out.append(list(examples.left[index][before - keep_before:]))
             right_out.append(list(examples.right[index][:keep_after]))
     return dataclasses.replace(examples, left=left_out, right=right_out)

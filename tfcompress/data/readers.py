@@ -27,9 +27,9 @@ Caveats:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
