@@ -74,9 +74,10 @@ def test_too_long_max_length_is_refused_before_training(tiny_model, tmp_path, ca
     assert code == 2 and "data.max_length=1000" in line and "512" in line
 
 
-def test_document_context_on_a_text_classification_run_is_refused(tiny_model, tmp_path, capsys, monkeypatch):
-    code, line = _run(tmp_path, capsys, monkeypatch, GOOD, "--set", "data.document_context=8", model=tiny_model)
-    assert code == 2 and "data.document_context=8" in line and "token tasks" in line
+@pytest.mark.parametrize("field", ["data.document_context", "distill.teacher_document_context"])
+def test_document_context_on_a_text_classification_run_is_refused(field, tiny_model, tmp_path, capsys, monkeypatch):
+    code, line = _run(tmp_path, capsys, monkeypatch, GOOD, "--set", f"{field}=8", model=tiny_model)
+    assert code == 2 and f"{field}=8" in line and "token tasks" in line
     assert not (tmp_path / "out" / "finetune").exists()
 
 

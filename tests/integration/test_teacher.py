@@ -240,6 +240,21 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
     _in_process(command + ["--output-dir", str(tmp_path / "context"), "--set", "data.document_context=2"], monkeypatch)
     in_context = _stage(tmp_path / "context", "distill")["teacher_logits"]
     assert in_context["reused"] is True and in_context["student_words_without_target"] == 0
+    # a teacher trained with document context reads its own (distill.teacher_document_context): another cache
+    # file, one row per sentence word, each the teacher's logits at that word read inside its context
+    _in_process(command + ["--output-dir", str(tmp_path / "wide"), "--set", "data.document_context=2", "--set",
+                           "distill.teacher_document_context=3"], monkeypatch)
+    wide = _stage(tmp_path / "wide", "distill")
+    assert wide["teacher_document_context"] == 3 and wide["teacher_logits"]["reused"] is False
+    assert wide["teacher_logits"]["file"] != logits["file"] and wide["teacher_logits"]["words"] == logits["words"]
+    _check_teacher_reads_context(wide["teacher_logits"]["file"], tiny_mpnet_token_dir, train, 3)
+    from tfcompress.cli import commands as cli  # a teacher of the student's tokenizer reads the student's batches
+    same = [str(tmp_path / "student") if part == str(tiny_mpnet_token_dir) else part for part in command]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(same[3:] + ["--output-dir", str(tmp_path / "same"), "--set", "distill.teacher_document_context=2"])
+    assert exited.value.code == 2
+    assert "distill.teacher_document_context=2" in capsys.readouterr().err
     # masked copies of the sentences: the teacher labels every word of them too (another cache file); and
     # the hidden states of the mapped layers at each word's first sub-token, in the same file
     # and a transfer set: unlabelled sentences from a text file, labelled per word by the teacher too
@@ -282,6 +297,32 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
         cli.main(same[3:] + ["--output-dir", str(tmp_path / "fourth"), "--augment-copies", "1"])
     assert exit_info.value.code == 2
     assert "distill.augment_copies=1: unlabelled sentences of a token task" in capsys.readouterr().err
+
+
+def _check_teacher_reads_context(cache_file, teacher_dir, train, words):
+    """Each cached row is the teacher's own logits at its first sub-token of the word, the sentence read
+    between ``words`` words of the sentences around it (computed here by hand, sentence by sentence)."""
+    import numpy as np
+
+    from tfcompress.models import loading
+
+    rows = np.load(cache_file)["logits"]
+    teacher = loading.load_model(str(teacher_dir), task="token", labels=train.label_names)
+    tokenizer = loading.load_tokenizer(str(teacher_dir))
+    row = 0
+    for index, sentence in enumerate(train.words):
+        before = [w for s in train.words[:index] for w in s][-words:] if index else []
+        after = [w for s in train.words[index + 1:] for w in s][:words]
+        encoded = tokenizer([before + sentence + after], is_split_into_words=True, return_tensors="tf",
+                            return_token_type_ids=False)
+        logits = teacher(dict(encoded), training=False).logits.numpy()[0]
+        firsts = {}
+        for position, word in enumerate(encoded.word_ids(0)):
+            firsts.setdefault(word, position)
+        expected = np.stack([logits[firsts[len(before) + w]] for w in range(len(sentence))])
+        np.testing.assert_allclose(rows[row:row + len(sentence)], expected, atol=1e-4)
+        row += len(sentence)
+    assert row == len(rows) and index > 0 and before
 
 
 def test_the_teacher_stage_is_a_side_branch_of_the_hash_chain():

@@ -468,3 +468,6 @@ def test_augmentation_config_is_checked():
         DistillConfig(alpha=1.0, transfer_file="news.txt")
     with pytest.raises(ValueError, match="transfer_max"):
         DistillConfig(transfer_file="news.txt", transfer_max=-1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="teacher_document_context"):
+            DistillConfig(teacher_document_context=bad)

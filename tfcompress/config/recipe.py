@@ -363,6 +363,9 @@ class RecipeConfig:
         if self.task == "sequence" and self.data.document_context:
             raise ConfigError(f"data.document_context={self.data.document_context}: document context is for token "
                               "tasks (a text classification example is its own text)")
+        if self.task == "sequence" and self.distill.teacher_document_context:
+            raise ConfigError(f"distill.teacher_document_context={self.distill.teacher_document_context}: document "
+                              "context is for token tasks (a text classification example is its own text)")
         unknown = [s for s in self.stages if s not in STAGE_ORDER]
         if not self.stages or unknown:
             raise ConfigError(f"stages={self.stages!r}: unknown stage(s) {unknown}; known: {list(STAGE_ORDER)}")

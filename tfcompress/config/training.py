@@ -316,6 +316,10 @@ class DistillConfig:
         teacher_cache_dir (str): where a teacher of another tokenizer keeps its per-text logits
             (:mod:`tfcompress.compress.teacher_logits`); "" = ``$TFCOMPRESS_CACHE/teacher-logits``
             (default ``~/.cache/tfcompress/teacher-logits``), shared by every run on the machine.
+        teacher_document_context (int): token task, teacher of another tokenizer: words of document
+            context the teacher reads around each training and test sentence (the ``data.document_context``
+            it was trained with; a teacher fed context it was not trained with loses accuracy). 0: each
+            sentence alone. Independent of the student's ``data.document_context``.
     """
 
     temperature: float = 2.0
@@ -334,6 +338,7 @@ class DistillConfig:
     transfer_file: str = ""
     transfer_max: int = 0
     teacher_cache_dir: str = ""
+    teacher_document_context: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -380,6 +385,9 @@ class DistillConfig:
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:
                 bad(name, "must be in [0, 1]")
+        context = self.teacher_document_context
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            bad("teacher_document_context", "must be an integer >= 0 (0: the teacher reads each sentence alone)")
         self.layer_map = _parse_layer_map(self.layer_map)
 
     @property

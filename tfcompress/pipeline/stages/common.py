@@ -27,13 +27,15 @@ def keras_predict_fn(model) -> Callable:
     return lambda features: predict({k: tf.constant(v) for k, v in features.items()}).numpy()
 
 
-def test_logits_and_metrics(context: Context, model, max_length: int | None = None, tokenizer=None):
+def test_logits_and_metrics(context: Context, model, max_length: int | None = None, tokenizer=None,
+                            examples=None):
     """``(logits, metrics)`` of a Keras model on the test split; ``tokenizer``: the model's own when it
-    is not the run's (a teacher of another architecture)."""
+    is not the run's (a teacher of another architecture); ``examples``: the test split as that model
+    reads it (another document context), with ``tokenizer``."""
     if tokenizer is None:
         data = context.encoded("test", max_length)
     else:
-        data = encoding.encode(tokenizer, context.examples("test"), max_length=max_length or context.config.data.max_length,
+        data = encoding.encode(tokenizer, examples if examples is not None else context.examples("test"), max_length=max_length or context.config.data.max_length,
                                input_names=model_input_names(model))
     batch_size = context.config.evaluate.batch_size
     logits = metrics.predict_logits(keras_predict_fn(model), data, batch_size=batch_size, progress=False)

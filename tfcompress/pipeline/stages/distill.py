@@ -171,6 +171,17 @@ def _cache(context: "Context") -> "teacher_logits.TeacherLogitCache":
     return teacher_logits.TeacherLogitCache(Path(directory))
 
 
+def _teacher_view(context: "Context", teacher_tokenizer, split: str):
+    """Token task: the ``split`` examples as a teacher of another tokenizer reads them: each sentence
+    inside ``distill.teacher_document_context`` words of its document (cut to fit ``data.max_length``
+    with the teacher's tokenizer), or alone (0), whatever context the student reads."""
+    examples, words = context.examples(split), context.config.distill.teacher_document_context
+    if not words:
+        return dataclasses.replace(examples, left=None, right=None)
+    return encoding.fit_context(teacher_tokenizer, readers.with_document_context(examples, words),
+                                context.config.data.max_length)
+
+
 def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer, train, augmented: list,
                                   hidden_layers: list) -> tuple:
     """Token task: the teacher's logits at the first sub-token of every training word, then of every
@@ -182,22 +193,29 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     config = context.config
     max_length = config.data.max_length
     words = [list(sentence) for sentence in context.examples("train").words] + [list(s) for s in augmented]
-    teacher_words = words
+    # What the teacher reads: each training sentence alone or inside its distill.teacher_document_context,
+    # then the augmented / transfer sentences alone; its targets are taken at the sentence's own words.
+    seen = _teacher_view(context, teacher_tokenizer, "train")
+    teacher_words = seen.words_in_context() + [list(s) for s in augmented]
+    teacher_spans = [(left, len(sentence)) for left, sentence in zip(seen.left_counts() + [0] * len(augmented), words)]
     if config.distill.augment_copies:  # the masked words, read with the teacher's own mask token
         student_mask, teacher_mask = context.tokenizer().mask_token, _teacher_mask(context, teacher_tokenizer)
-        teacher_words = [[teacher_mask if word == student_mask else word for word in sentence] for sentence in words]
+        teacher_words = [[teacher_mask if word == student_mask else word for word in sentence]
+                         for sentence in teacher_words]
     fields = teacher_logits.cache_fields(_teacher_path(context), loading.config_labels(teacher.config),
                                          teacher_words, max_length, _augmentation(context, augmented), dtype=_policy())
     fields["num_rows"] = sum(len(sentence) for sentence in words)
     if hidden_layers:  # only then: a logits-only cache keeps its key
         fields["hidden_layers"] = [int(layer) for layer in hidden_layers]
+    if config.distill.teacher_document_context:  # likewise
+        fields["teacher_document_context"] = config.distill.teacher_document_context
     data = encoding.encode(teacher_tokenizer, _unlabelled(context, teacher_words, "teacher view"), max_length=max_length,
                            input_names=model_input_names(teacher))
-    positions = teacher_logits.word_positions(teacher_tokenizer, teacher_words, max_length)
+    positions = teacher_logits.word_positions(teacher_tokenizer, teacher_words, max_length, teacher_spans)
     word_logits, word_hidden, info = _cache(context).load_or_compute_words(
         fields, teacher, data, positions, batch_size=config.distill_train.eval_batch_size)
-    # The teacher reads each sentence alone; the student may read it in its document context
-    # (data.document_context): its positions of the sentence's words then start after the left context.
+    # The student may read each sentence in its own document context (data.document_context): its
+    # positions of the sentence's words then start after its left context.
     examples = encoding.fit_context(context.tokenizer(), context.examples("train"), max_length)  # as encode cut it
     spans = [(left, len(sentence)) for left, sentence in zip(examples.left_counts() + [0] * len(augmented), words)]
     student_positions = teacher_logits.word_positions(
@@ -239,6 +257,10 @@ def distill_stage(context: Context) -> dict:
                           "task are taught through the per-word targets of a teacher with another tokenizer; "
                           f"{teacher_path} tokenizes like the student and teaches at the labelled sub-tokens only "
                           f"(unset {field})")
+    if same and config.distill.teacher_document_context:
+        raise ConfigError(f"distill.teacher_document_context={config.distill.teacher_document_context}: {teacher_path} "
+                          "tokenizes like the student and reads the student's batches (their context is "
+                          f"data.document_context={config.data.document_context}); unset it")
     init = _student_init(context, same)
     if init == "teacher":
         student = make_student(teacher, num_layers=config.student.num_layers)
@@ -272,7 +294,9 @@ def distill_stage(context: Context) -> dict:
     result = trainer.fit(train, evaluation)
     loading.save_model(distiller.student, context.tokenizer(), stage_dir / "model")
     _, student_metrics = test_logits_and_metrics(context, distiller.student)
-    _, teacher_metrics = test_logits_and_metrics(context, teacher, tokenizer=None if same else teacher_tokenizer)
+    teacher_view = _teacher_view(context, teacher_tokenizer, "test") if not same and config.task == "token" else None
+    _, teacher_metrics = test_logits_and_metrics(context, teacher, tokenizer=None if same else teacher_tokenizer,
+                                                 examples=teacher_view)
     facts = model_facts(distiller.student, stage_dir / "model")
     description = distiller.describe()
     report = context.report()
@@ -280,7 +304,8 @@ def distill_stage(context: Context) -> dict:
         "distill", metrics=scalars(student_metrics), seconds=time.time() - started, output="distill/",
         model_dir="distill/model", input_model=str(context.current_model if init == "model" else teacher_path),
         teacher=str(teacher_path), student_init=init, same_tokenizer=same, teacher_logits=logits_file,
-        teacher_metrics=scalars(teacher_metrics), eval_metrics=scalars(result["metrics"]),
+        teacher_metrics=scalars(teacher_metrics), teacher_document_context=config.distill.teacher_document_context,
+        eval_metrics=scalars(result["metrics"]),
         teacher_params=description["teacher_params"], student_params=description["student_params"],
         layer_map=description["layer_map"], distillation=description, teacher_cache=cache,
         augmented_examples=len(augmented) - len(transfer), transfer_examples=len(transfer),
