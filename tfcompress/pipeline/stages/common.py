@@ -35,7 +35,8 @@ def test_logits_and_metrics(context: Context, model, max_length: int | None = No
     if tokenizer is None:
         data = context.encoded("test", max_length)
     else:
-        data = encoding.encode(tokenizer, examples if examples is not None else context.examples("test"), max_length=max_length or context.config.data.max_length,
+        examples = context.examples("test") if examples is None else examples
+        data = encoding.encode(tokenizer, examples, max_length=max_length or context.config.data.max_length,
                                input_names=model_input_names(model))
     batch_size = context.config.evaluate.batch_size
     logits = metrics.predict_logits(keras_predict_fn(model), data, batch_size=batch_size, progress=False)

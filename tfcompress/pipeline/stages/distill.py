@@ -197,7 +197,8 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     # then the augmented / transfer sentences alone; its targets are taken at the sentence's own words.
     seen = _teacher_view(context, teacher_tokenizer, "train")
     teacher_words = seen.words_in_context() + [list(s) for s in augmented]
-    teacher_spans = [(left, len(sentence)) for left, sentence in zip(seen.left_counts() + [0] * len(augmented), words)]
+    teacher_lefts = seen.left_counts() + [0] * len(augmented)
+    teacher_spans = [(left, len(sentence)) for left, sentence in zip(teacher_lefts, words)]
     if config.distill.augment_copies:  # the masked words, read with the teacher's own mask token
         student_mask, teacher_mask = context.tokenizer().mask_token, _teacher_mask(context, teacher_tokenizer)
         teacher_words = [[teacher_mask if word == student_mask else word for word in sentence]
