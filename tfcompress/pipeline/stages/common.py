@@ -31,12 +31,13 @@ def test_logits_and_metrics(context: Context, model, max_length: int | None = No
                             examples=None):
     """``(logits, metrics)`` of a Keras model on the test split; ``tokenizer``: the model's own when it
     is not the run's (a teacher of another architecture); ``examples``: the test split as that model
-    reads it (another document context), with ``tokenizer``."""
-    if tokenizer is None:
+    reads it (another document context)."""
+    if tokenizer is None and examples is None:
         data = context.encoded("test", max_length)
     else:
         examples = context.examples("test") if examples is None else examples
-        data = encoding.encode(tokenizer, examples, max_length=max_length or context.config.data.max_length,
+        data = encoding.encode(tokenizer or context.tokenizer(), examples,
+                               max_length=max_length or context.config.data.max_length,
                                input_names=model_input_names(model))
     batch_size = context.config.evaluate.batch_size
     logits = metrics.predict_logits(keras_predict_fn(model), data, batch_size=batch_size, progress=False)

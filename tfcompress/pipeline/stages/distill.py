@@ -182,6 +182,13 @@ def _teacher_view(context: "Context", teacher_tokenizer, split: str):
                                 context.config.data.max_length)
 
 
+def _sentence_spans(examples, words: list) -> list:
+    """``(start, count)`` of each sentence's own words in what a model reads: the training sentences of
+    ``examples`` after their left context, then the augmented / transfer sentences (read alone)."""
+    lefts = examples.left_counts() + [0] * (len(words) - len(examples))
+    return [(left, len(sentence)) for left, sentence in zip(lefts, words)]
+
+
 def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer, train, augmented: list,
                                   hidden_layers: list) -> tuple:
     """Token task: the teacher's logits at the first sub-token of every training word, then of every
@@ -197,8 +204,7 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     # then the augmented / transfer sentences alone; its targets are taken at the sentence's own words.
     seen = _teacher_view(context, teacher_tokenizer, "train")
     teacher_words = seen.words_in_context() + [list(s) for s in augmented]
-    teacher_lefts = seen.left_counts() + [0] * len(augmented)
-    teacher_spans = [(left, len(sentence)) for left, sentence in zip(teacher_lefts, words)]
+    teacher_spans = _sentence_spans(seen, words)
     if config.distill.augment_copies:  # the masked words, read with the teacher's own mask token
         student_mask, teacher_mask = context.tokenizer().mask_token, _teacher_mask(context, teacher_tokenizer)
         teacher_words = [[teacher_mask if word == student_mask else word for word in sentence]
@@ -218,9 +224,9 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     # The student may read each sentence in its own document context (data.document_context): its
     # positions of the sentence's words then start after its left context.
     examples = encoding.fit_context(context.tokenizer(), context.examples("train"), max_length)  # as encode cut it
-    spans = [(left, len(sentence)) for left, sentence in zip(examples.left_counts() + [0] * len(augmented), words)]
     student_positions = teacher_logits.word_positions(
-        context.tokenizer(), examples.words_in_context() + [list(s) for s in augmented], max_length, spans)
+        context.tokenizer(), examples.words_in_context() + [list(s) for s in augmented], max_length,
+        _sentence_spans(examples, words))
     values, mask, masked = teacher_logits.align_to_student(word_logits, student_positions, train.lengths())
     info["student_words_without_target"] = masked
     if masked:
