@@ -23,6 +23,19 @@ LETTERS = list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowerca
 VOCAB = list(dict.fromkeys(SPECIAL_TOKENS + WORDS + SUFFIXES + LETTERS))  # no duplicate entries
 
 
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Every test starts under the float32 Keras policy, so one that trains in bfloat16 cannot
+    change the numbers of the tests that run after it; a test that leaves another policy fails."""
+    from tfcompress._compat import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    left = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    assert left == "float32", f"the test left the global Keras dtype policy at {left!r}"
+
+
 @pytest.fixture(scope="session")
 def tiny_vocab_dir(tmp_path_factory) -> Path:
     """A directory holding vocab.txt and a BertTokenizerFast saved next to it (lower-casing)."""

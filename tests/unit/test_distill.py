@@ -14,7 +14,7 @@ from tfcompress.compress.distill import Distiller
 from tfcompress.config.training import DistillConfig
 from tfcompress.models.student import make_student
 
-from conftest import VOCAB, build_tiny_model
+from conftest import VOCAB, build_tiny_model, seeded_weights
 
 
 def _encoded(task: str, lengths, num_labels: int, seed: int = 0, token_type_ids: bool = True) -> EncodedData:
@@ -110,9 +110,11 @@ def test_kd_loss_matches_reference_formula():
     assert float(value) == pytest.approx(0.443776, abs=1e-5)
 
     # The Distiller's loss on a 2-example batch equals alpha * CE + (1 - alpha) * T^2 * KL in numpy.
-    teacher = build_tiny_model("sequence", num_labels=3, num_hidden_layers=2)
-    student = make_student(teacher, config_overrides={"hidden_size": 16, "intermediate_size": 32},
-                           num_layers=1)
+    # Fixed weights (tf_keras initialisers are not reproducible across processes): the tolerances
+    # below and the KL floor hold for this starting point on every machine, whatever ran before.
+    teacher = seeded_weights(build_tiny_model("sequence", num_labels=3, num_hidden_layers=2), seed=0)
+    student = seeded_weights(make_student(teacher, config_overrides={"hidden_size": 16, "intermediate_size": 32},
+                                          num_layers=1), seed=1)
     # Freshly initialised heads give logits ~1e-2 (KL ~1e-6, float32 noise): widen them to O(1).
     rng = np.random.default_rng(0)
     for model in (teacher, student):
