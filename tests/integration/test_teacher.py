@@ -72,7 +72,7 @@ def test_an_mpnet_teacher_teaches_a_bert_student_through_cached_per_text_logits(
     transfer.write_text("a fine film\n\nnot my kind of movie\n")
     _in_process(command + ["--output-dir", str(third), "--distill-from", str(tiny_mpnet_dir), "--student-layers",
                            "1", "--augment-copies", "1", "--alpha", "0.5", "--transfer-file", str(transfer),
-                           "--stages", "distill"], monkeypatch)
+                           "--set", "distill.augment_replace_prob=0.5", "--stages", "distill"], monkeypatch)
     assert _stage(third, "distill")["transfer_examples"] == 2
     logits = _stage(third, "distill")["teacher_logits"]
     assert logits["reused"] is False and logits["texts"] > len(SST_ROWS)
@@ -82,11 +82,21 @@ def test_an_mpnet_teacher_teaches_a_bert_student_through_cached_per_text_logits(
 
     from tfcompress.compress import teacher_logits
     from tfcompress.data import augment
+    from tfcompress.models import loading, surgery
 
     texts = [text for text, _ in SST_ROWS]
     with np.load(logits["file"]) as archive:
         stored = json.loads(str(archive["fields"]))
-    expected = texts + augment.augment_texts(texts, 1, "<mask>", seed=stored["augmentation"]["seed"])
+    # words swapped for neighbours in the input embeddings of the run's model (the student's checkpoint)
+    student = loading.load_model(str(folder / "student"), task="sequence")
+    layer, attr = surgery.word_embedding_ref(student)
+    neighbours = augment.embedding_neighbours(loading.load_tokenizer(str(folder / "student")),
+                                              getattr(layer, attr).numpy(), " ".join(texts).split())
+    seed = stored["augmentation"]["seed"]
+    copies = augment.augment_texts(texts, 1, "<mask>", seed=seed, replace_prob=0.5, neighbours=neighbours)
+    assert copies != augment.augment_texts(texts, 1, "<mask>", seed=seed)  # the replacement did something
+    assert stored["augmentation"]["replace_prob"] == 0.5 and stored["augmentation"]["neighbours"] == 15
+    expected = texts + copies
     expected += ["a fine film", "not my kind of movie"]
     assert stored["augmentation"]["transfer_file"] == "reviews.txt"
     assert stored["texts_sha256"] == teacher_logits.texts_digest(expected)

@@ -459,6 +459,47 @@ def test_augment_sentences_keeps_whole_words_of_their_source():
         augment_sentences([["a"], ["New York"]], copies=1, mask_token="[MASK]")
 
 
+def _toy_embeddings(tokenizer, near: dict) -> np.ndarray:
+    """Random unit-ish rows, with each ``near`` word's row a small step from its partner's."""
+    vocab = tokenizer.get_vocab()
+    matrix = np.random.default_rng(0).normal(size=(len(vocab), 16)).astype(np.float32)
+    for word, partner in near.items():
+        matrix[vocab[word]] = matrix[vocab[partner]] + 0.01 * matrix[vocab[word]]
+    return matrix
+
+
+def test_embedding_neighbours_are_nearest_whole_words(tiny_tokenizer):
+    from tfcompress.data.augment import embedding_neighbours
+
+    matrix = _toy_embeddings(tiny_tokenizer, {"great": "good", "wonderful": "good", "paris": "london"})
+    found = embedding_neighbours(tiny_tokenizer, matrix, ["good", "London", "goods", ".", "42", "good"], k=3)
+    assert set(found) == {"good", "London"}  # "goods" is two pieces, "." and "42" are not words
+    assert set(found["good"][:2]) == {"great", "wonderful"} and len(found["good"]) == 3
+    assert found["London"][0] == "paris"  # the uncased tokenizer reads "London" as "london"
+    vocab = set(tiny_tokenizer.get_vocab())
+    for word, near in found.items():
+        assert word.lower() not in near and all(n.isalpha() and n in vocab for n in near)
+    with pytest.raises(ValueError, match="embeddings of shape"):
+        embedding_neighbours(tiny_tokenizer, matrix[:10], ["good"])
+
+
+def test_augment_replaces_words_with_their_neighbours_in_the_source_case():
+    from tfcompress.data.augment import augment_sentences, augment_texts
+
+    neighbours = {"good": ["great", "fine"], "london": ["paris"], "London": ["paris"], "EU": ["un"]}
+    texts = ["a good movie", "good good good"]
+    swapped = augment_texts(texts, copies=2, mask_token="[MASK]", mask_prob=0.0, ngram_prob=0.0, seed=1,
+                            replace_prob=1.0, neighbours=neighbours)
+    assert swapped and all(w in ("a", "movie", "great", "fine") for text in swapped for w in text.split())
+    # off: not one random draw more, so the texts (and the teacher caches keyed by them) stay as they were
+    assert augment_texts(texts, 2, "[MASK]", seed=4, neighbours=neighbours) == augment_texts(texts, 2, "[MASK]", seed=4)
+    cased = augment_sentences([["EU", "visit", "to", "London"]], copies=1, mask_token="[MASK]", mask_prob=0.0,
+                              replace_prob=1.0, neighbours=neighbours)
+    assert cased == [["UN", "visit", "to", "Paris"]]
+    with pytest.raises(ValueError, match="replace_prob=0.5: needs neighbours"):
+        augment_texts(texts, 1, "[MASK]", replace_prob=0.5)
+
+
 def test_augmentation_config_is_checked():
     with pytest.raises(ValueError, match="augment_copies.*alpha < 1"):
         DistillConfig(alpha=1.0, augment_copies=1)
@@ -466,6 +507,11 @@ def test_augmentation_config_is_checked():
         DistillConfig(augment_copies=-1)
     with pytest.raises(ValueError, match="augment_ngram_prob"):
         DistillConfig(augment_copies=1, augment_ngram_prob=2.0)
+    with pytest.raises(ValueError, match="augment_replace_prob"):
+        DistillConfig(augment_copies=1, augment_replace_prob=-0.1)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="augment_neighbours"):
+            DistillConfig(augment_neighbours=bad)
     with pytest.raises(ValueError, match="transfer_file.*alpha < 1"):
         DistillConfig(alpha=1.0, transfer_file="news.txt")
     with pytest.raises(ValueError, match="transfer_max"):

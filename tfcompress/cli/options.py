@@ -130,7 +130,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser, defaults: RecipeConfi
     group.add_argument("--transfer-file", default=d.transfer_file, metavar="TEXT_FILE", help="unlabelled texts, one "
                        "per line (token task: words split by spaces), labelled by the teacher; needs --alpha < 1")
     group.add_argument("--augment-copies", type=int, default=d.augment_copies,
-                       help="augmented copies of each training text or sentence (word masking, n-gram sampling), "
+                       help="augmented copies of each training text or sentence (masked, n-gram, neighbour words), "
                             "labelled by the teacher, 0 = off; needs --alpha < 1 (default: %(default)s)")
 
 

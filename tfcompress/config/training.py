@@ -305,6 +305,10 @@ class DistillConfig:
             (their hard labels are ignored). 0 = off. Needs ``alpha < 1`` (they carry no hard label).
         augment_mask_prob (float): per-word masking probability of the augmentation.
         augment_ngram_prob (float): probability an augmented text keeps only an n-gram of <= 5 words.
+        augment_replace_prob (float): per-word probability an augmented text swaps the word for one of its
+            ``augment_neighbours`` nearest whole words in the run's model's input embeddings (TinyBERT-style
+            replacement; :func:`tfcompress.data.augment.embedding_neighbours`). 0 = off.
+        augment_neighbours (int): neighbours a replaced word is drawn from (uniformly).
         augment_seed (int | None): seed of the augmentation; None = the stage's training seed. Fix it
             to compare student seeds on the same augmented texts (a teacher of another tokenizer then
             computes their logits once: the cache is keyed by the texts).
@@ -334,6 +338,8 @@ class DistillConfig:
     augment_copies: int = 0
     augment_mask_prob: float = 0.1
     augment_ngram_prob: float = 0.25
+    augment_replace_prob: float = 0.0
+    augment_neighbours: int = 15
     augment_seed: int | None = None
     transfer_file: str = ""
     transfer_max: int = 0
@@ -381,10 +387,13 @@ class DistillConfig:
             bad("transfer_file", "needs alpha < 1: its texts have no hard label, only the teacher's")
         if self.augment_seed is not None and (isinstance(self.augment_seed, bool) or not isinstance(self.augment_seed, int)):
             bad("augment_seed", "must be an integer or None (None: the training seed)")
-        for name in ("augment_mask_prob", "augment_ngram_prob"):
+        for name in ("augment_mask_prob", "augment_ngram_prob", "augment_replace_prob"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:
                 bad(name, "must be in [0, 1]")
+        if isinstance(self.augment_neighbours, bool) or not isinstance(self.augment_neighbours, int) \
+                or self.augment_neighbours < 1:
+            bad("augment_neighbours", "must be an integer >= 1")
         context = self.teacher_document_context
         if isinstance(context, bool) or not isinstance(context, int) or context < 0:
             bad("teacher_document_context", "must be an integer >= 0 (0: the teacher reads each sentence alone)")

@@ -13,7 +13,7 @@ from tfcompress.compress import distill, teacher_logits
 from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.data import augment, encoding, readers
 from tfcompress.errors import ConfigError
-from tfcompress.models import loading, make_student, packaged
+from tfcompress.models import loading, make_student, packaged, surgery
 from tfcompress.models.facts import model_input_names
 from tfcompress.pipeline.runner import Context, stage
 from tfcompress.pipeline.stages.common import model_facts, per_class_of, primary_name, scalars, test_logits_and_metrics
@@ -33,13 +33,31 @@ def _augmented_texts(context: "Context") -> list:
     if tokenizer.mask_token is None:
         raise ConfigError(f"DistillConfig.augment_copies={config.augment_copies}: the tokenizer has no mask token")
     examples = context.examples("train")
-    make = augment.augment_sentences if context.config.task == "token" else augment.augment_texts
-    texts = make(examples.words if context.config.task == "token" else examples.texts, config.augment_copies,
-                 tokenizer.mask_token, mask_prob=config.augment_mask_prob, ngram_prob=config.augment_ngram_prob,
-                 seed=_augment_seed(context))
+    token = context.config.task == "token"
+    sources = examples.words if token else examples.texts
+    make = augment.augment_sentences if token else augment.augment_texts
+    texts = make(sources, config.augment_copies, tokenizer.mask_token, mask_prob=config.augment_mask_prob,
+                 ngram_prob=config.augment_ngram_prob, seed=_augment_seed(context),
+                 replace_prob=config.augment_replace_prob, neighbours=_neighbours(context, sources, token))
     log.info("distill: %d augmented %s (%d copies asked per %d training examples), soft labels only", len(texts),
              "sentences" if context.config.task == "token" else "texts", config.augment_copies, len(examples))
     return texts
+
+
+def _neighbours(context: "Context", sources: list, token: bool) -> dict | None:
+    """Word -> nearest words in the run's model's input embeddings, for ``distill.augment_replace_prob``."""
+    config = context.config.distill
+    if not config.augment_replace_prob:
+        return None
+    model = context.load_model(context.current_model)
+    layer, attr = surgery.word_embedding_ref(model)
+    words = list(dict.fromkeys(word for source in sources for word in (source if token else source.split())))
+    neighbours = augment.embedding_neighbours(context.tokenizer(), getattr(layer, attr).numpy(), words,
+                                              k=config.augment_neighbours)
+    log.info("distill: word replacement (p=%g) among the %d nearest words in the input embeddings of %s: "
+             "%d of %d distinct training words have neighbours", config.augment_replace_prob,
+             config.augment_neighbours, context.current_model, len(neighbours), len(words))
+    return neighbours
 
 
 def _transfer_examples(context: "Context") -> list:
@@ -139,6 +157,9 @@ def _augmentation(context: "Context", augmented: list) -> dict:
     if config.augment_copies:
         out.update(copies=config.augment_copies, mask_prob=config.augment_mask_prob,
                    ngram_prob=config.augment_ngram_prob, seed=_augment_seed(context))
+        if config.augment_replace_prob:  # only when on: the caches of runs without it keep their keys
+            out.update(replace_prob=config.augment_replace_prob, neighbours=config.augment_neighbours,
+                       neighbours_from=Path(context.current_model).name)
     if config.transfer_file:  # the file's name (its lines are in the texts' digest), not where it lies
         out.update(transfer_file=Path(config.transfer_file).name, transfer_max=config.transfer_max)
     return out
