@@ -509,6 +509,8 @@ def test_augmentation_config_is_checked():
         DistillConfig(augment_copies=1, augment_ngram_prob=2.0)
     with pytest.raises(ValueError, match="augment_replace_prob"):
         DistillConfig(augment_copies=1, augment_replace_prob=-0.1)
+    with pytest.raises(ValueError, match="augment_replace_prob=0.2: replaces words in augmented copies"):
+        DistillConfig(augment_replace_prob=0.2)
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="augment_neighbours"):
             DistillConfig(augment_neighbours=bad)

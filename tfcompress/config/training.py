@@ -394,6 +394,8 @@ class DistillConfig:
         if isinstance(self.augment_neighbours, bool) or not isinstance(self.augment_neighbours, int) \
                 or self.augment_neighbours < 1:
             bad("augment_neighbours", "must be an integer >= 1")
+        if self.augment_replace_prob and not self.augment_copies:
+            bad("augment_replace_prob", "replaces words in augmented copies: set augment_copies (--augment-copies)")
         context = self.teacher_document_context
         if isinstance(context, bool) or not isinstance(context, int) or context < 0:
             bad("teacher_document_context", "must be an integer >= 0 (0: the teacher reads each sentence alone)")
