@@ -1,6 +1,9 @@
 """Distillation: the teacher stays frozen, the loss is the reference formula, students copy the teacher."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -241,6 +244,40 @@ def test_distiller_updates_student_not_teacher(tmp_path):
     unchanged = [v.name for before, v in zip(student_before, student.trainable_variables)
                  if np.array_equal(before, v.numpy())]
     assert not unchanged, f"student weights not trained: {unchanged}"
+
+
+def test_batches_without_hard_labels_still_train_the_student(tmp_path):
+    """Augmented and transfer examples carry only the teacher's label: the Trainer weighs each replica's
+    loss by what it averages over, and a batch of such examples must not get weight 0 (it did: a
+    CoNLL-2003 student reading document context skipped every batch of transfer sentences)."""
+    from tfcompress.config.training import TrainConfig
+    from tfcompress.train.trainer import Trainer
+
+    teacher = seeded_weights(build_tiny_model("sequence"), seed=0)
+    student = seeded_weights(make_student(teacher, num_layers=1), seed=1)
+    distiller = Distiller(teacher, student, DistillConfig(alpha=0.5))
+    data = _encoded("sequence", [6, 8, 5, 7], num_labels=2)
+    data = dataclasses.replace(data, labels=[IGNORE_INDEX] * 4)
+    before = [v.numpy().copy() for v in student.trainable_variables]
+    config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, max_steps=1, log_every=1,
+                         checkpoint_every=100, histograms=False)
+    Trainer(distiller, "sequence", config, tmp_path / "distill", hooks=distill.hooks(distiller),
+            loss_fn=distiller.loss_fn, label_names=data.label_names, stage="distill").fit(data)
+    logged = [json.loads(line) for line in (tmp_path / "distill" / "metrics.jsonl").read_text().splitlines()]
+    step = next(row for row in logged if "train/loss" in row)
+    assert step["train/loss"] > 0 and step["train/grad_norm"] > 0
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, student.trainable_variables))
+
+
+def test_loss_count_counts_labels_and_each_example_without_one():
+    teacher = build_tiny_model("token", num_labels=3)
+    student = make_student(teacher, num_layers=1)
+    ignore = IGNORE_INDEX
+    token_labels = tf.constant([[ignore, 1, 2, ignore], [ignore] * 4, [ignore, 0, ignore, ignore]])
+    assert float(Distiller(teacher, student, DistillConfig(alpha=0.5)).loss_count(token_labels)) == 3 + 1
+    assert float(Distiller(teacher, student, DistillConfig(alpha=1.0)).loss_count(token_labels)) == 3
+    sequence_labels = tf.constant([1, ignore, 0, ignore])
+    assert float(Distiller(teacher, student, DistillConfig(alpha=0.5)).loss_count(sequence_labels)) == 4
 
 
 def test_hidden_projection_when_widths_differ():

@@ -71,10 +71,11 @@ from tfcompress._compat import keras, tf
 # the loss terms, re-exported: distill.kd_loss etc. stay where users found them
 from tfcompress.compress.distill_losses import attention_kl, hidden_mse, kd_loss, logit_losses, task_loss  # noqa: F401
 from tfcompress.compress.teacher_cache import TeacherCache
-from tfcompress.config.constants import EXAMPLE_INDEX_KEY
+from tfcompress.config.constants import EXAMPLE_INDEX_KEY, IGNORE_INDEX
 from tfcompress.config.training import DistillConfig
 from tfcompress.errors import ConfigError
 from tfcompress.models import facts
+from tfcompress.train import distribute
 from tfcompress.train.trainer import Hook
 from tfcompress.utils import get_logger
 
@@ -261,6 +262,19 @@ class Distiller(keras.Model):
         return "token" if logits.shape.rank == 3 else "sequence"
 
     # -- the Trainer's loss ------------------------------------------------------------------------
+
+    def loss_count(self, labels):
+        """The Trainer's replica weight for :meth:`loss_fn`: the labelled examples (token task: positions),
+        plus, when the teacher's term is on, one for each example without a hard label (an augmented or
+        transfer example learns from the teacher alone; weighted by labels, a batch of them would teach
+        nothing). A fully labelled batch counts as before, so replicas still average exactly there."""
+        count = distribute.labelled_count(labels)
+        if self.distill_config.alpha >= 1.0:
+            return count
+        unlabelled = tf.equal(tf.cast(labels, tf.int32), IGNORE_INDEX)
+        if labels.shape.rank == 2:
+            unlabelled = tf.reduce_all(unlabelled, axis=1)
+        return count + tf.reduce_sum(tf.cast(unlabelled, tf.float32))
 
     def loss_fn(self, model, features, labels, training):
         """Distillation loss for the Trainer: ``(loss, student_logits, {term name: value})``.

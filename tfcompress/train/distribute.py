@@ -258,9 +258,13 @@ def labelled_count(labels):
     return tf.reduce_sum(tf.cast(tf.not_equal(tf.cast(labels, tf.int32), IGNORE_INDEX), tf.float32))
 
 
-def weight_of_replica(labels):
+def weight_of_replica(labels, count=None):
     """Inside ``strategy.run``: this replica's share of the global labelled count (all replicas,
-    all workers), so that ``sum over replicas of weight * replica mean loss`` is the global mean."""
-    count = labelled_count(labels)
+    all workers), so that ``sum over replicas of weight * replica mean loss`` is the global mean.
+
+    ``count``: what this replica's loss averages over, when that is more than its labelled positions
+    (a distillation loss also learns from unlabelled examples: weighted by their labels alone, a batch
+    of them would get weight 0 and teach nothing)."""
+    count = labelled_count(labels) if count is None else tf.cast(count, tf.float32)
     total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
     return tf.stop_gradient(count / tf.maximum(total, 1.0))

@@ -227,7 +227,8 @@ class Trainer:
                 # Each replica's loss is a mean over its share of the batch and gradients are summed
                 # over replicas: weight it by its share of the global labelled count (and divide by
                 # micro-batches), so the gradient is that of the global mean.
-                weight = distribute.weight_of_replica(labels)
+                loss_count = getattr(self.model, "loss_count", None)  # e.g. a Distiller's
+                weight = distribute.weight_of_replica(labels, None if loss_count is None else loss_count(labels))
                 scaled = loss * weight / float(config.grad_accum_steps)
                 if config.mixed_precision == "mixed_float16":
                     scaled = self.optimizer.get_scaled_loss(scaled)
