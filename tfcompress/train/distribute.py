@@ -15,8 +15,8 @@ decides, so that N workers give the result of one process on the same global bat
   (``distribute_datasets_from_function``, sharded by ``input_pipeline_id``), so every example is read
   once per step, by one worker.
 * :func:`weight_of_replica`: each replica's mean loss is weighted by its share of the global number
-  of labelled examples (token tasks: labelled tokens), summed over workers by the strategy's
-  all-reduce, so the gradient is that of the global mean.
+  of labelled examples (token tasks: labelled tokens; a Distiller adds its examples without a hard
+  label), summed over workers by the strategy's all-reduce, so the gradient is that of the global mean.
 * Only the chief (``chief`` task, else ``worker`` 0) writes the run folder; the others write what the
   Trainer saves (checkpoints TensorFlow needs every worker to write, TensorBoard, metrics) to a local
   folder of their own (:func:`worker_dir`), kept across reruns for resume and deleted when training
