@@ -520,6 +520,18 @@ def test_embedding_neighbours_are_nearest_whole_words(tiny_tokenizer):
         embedding_neighbours(tiny_tokenizer, matrix[:10], ["good"])
 
 
+def test_a_cased_vocabulary_never_offers_the_word_in_another_case(tmp_path):
+    from transformers import BertTokenizerFast
+
+    from tfcompress.data.augment import embedding_neighbours
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "Good",
+                                                  "great", "bad"]) + "\n")
+    cased = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=False)
+    matrix = _toy_embeddings(cased, {"Good": "good", "great": "good"})
+    assert embedding_neighbours(cased, matrix, ["Good", "good"], k=1) == {"Good": ["great"], "good": ["great"]}
+
+
 def test_augment_replaces_words_with_their_neighbours_in_the_source_case():
     from tfcompress.data.augment import augment_sentences, augment_texts
 
@@ -529,7 +541,12 @@ def test_augment_replaces_words_with_their_neighbours_in_the_source_case():
                             replace_prob=1.0, neighbours=neighbours)
     assert swapped and all(w in ("a", "movie", "great", "fine") for text in swapped for w in text.split())
     # off: not one random draw more, so the texts (and the teacher caches keyed by them) stay as they were
-    assert augment_texts(texts, 2, "[MASK]", seed=4, neighbours=neighbours) == augment_texts(texts, 2, "[MASK]", seed=4)
+    # (the lists below are what the code before word replacement made)
+    assert augment_texts(texts, 2, "[MASK]", seed=4, neighbours=neighbours) == ["good", "good good [MASK]"]
+    reviews = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés"]
+    assert augment_texts(reviews, 2, "[MASK]", seed=4) == [
+        "a gorgeous , [MASK] , seductive movie .", "a gorgeous , witty , seductive [MASK] .",
+        "the [MASK] is nothing but boilerplate [MASK]", "the plot [MASK] nothing but boilerplate clichés"]
     cased = augment_sentences([["EU", "visit", "to", "London"]], copies=1, mask_token="[MASK]", mask_prob=0.0,
                               replace_prob=1.0, neighbours=neighbours)
     assert cased == [["UN", "visit", "to", "Paris"]]

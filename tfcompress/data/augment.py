@@ -68,7 +68,7 @@ def embedding_neighbours(tokenizer, embeddings: np.ndarray, words: Iterable[str]
         ``{word: [neighbour, ...]}`` for each word the tokenizer reads as one alphabetic vocabulary entry
         (other words, e.g. split into sub-words, numbers or punctuation, get no entry and are never
         replaced). Neighbours are alphabetic entries the tokenizer reads back as themselves, never the
-        word's own entry.
+        word's own entry nor the word in another case.
     """
     if k < 1:
         raise ValueError(f"k={k}: must be >= 1")
@@ -102,9 +102,11 @@ def embedding_neighbours(tokenizer, embeddings: np.ndarray, words: Iterable[str]
         rows = embeddings[[sources[w] for w in chunk]].astype(np.float32)
         rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         scores = rows @ matrix.T
-        top = np.argsort(-scores, axis=1)[:, :k + 1]
+        top = np.argsort(-scores, axis=1)[:, :k + 3]  # room for the word's own entries
         for word, order in zip(chunk, top):
-            kept = [names[j] for j in order if candidates[names[j]] != sources[word]]
+            # never the word itself, in any case (a cased vocabulary's "good" beside "Good")
+            kept = [names[j] for j in order
+                    if candidates[names[j]] != sources[word] and names[j].lower() != word.lower()]
             out[word] = kept[:k]
     return out
 
