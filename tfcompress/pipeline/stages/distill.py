@@ -40,7 +40,7 @@ def _augmented_texts(context: "Context") -> list:
                  ngram_prob=config.augment_ngram_prob, seed=_augment_seed(context),
                  replace_prob=config.augment_replace_prob, neighbours=_neighbours(context, sources, token))
     log.info("distill: %d augmented %s (%d copies asked per %d training examples), soft labels only", len(texts),
-             "sentences" if context.config.task == "token" else "texts", config.augment_copies, len(examples))
+             "sentences" if token else "texts", config.augment_copies, len(examples))
     return texts
 
 
