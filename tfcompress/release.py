@@ -137,7 +137,8 @@ def release_bundle(artifact_path, release_dir, tokenizer, label_names: Sequence[
     }
     if record is not None:
         for key in ("name", "quantization", "seq_length", "sparsity", "metrics", "agreement",
-                    "latency_ms", "float_ops", "integer_only", "integer_check", "passed", "document_context"):
+                    "latency_ms", "float_ops", "integer_only", "integer_check", "passed", "document_context",
+                    "case_segments"):
             if key in record:
                 manifest[key] = record[key]
     manifest["clients"] = {"litert": {
@@ -165,6 +166,9 @@ def _add_metadata(artifact, artifact_path, folder: Path, tokenizer, label_names,
     if mode == "off":
         return {"written": False, "reason": "release.tflite_metadata is 'off'"}
     reason = tflite_metadata.unfit_reason(artifact, tokenizer, label_names)
+    if reason is None and (record or {}).get("case_segments"):
+        reason = ("the model reads capitalisation in its segment ids (data.case_segments); MediaPipe's BERT "
+                  "preprocessor lower-cases the text and feeds segment 0")
     if reason is None:
         reason = tflite_metadata.mediapipe_missing_reason()
         if reason is not None and mode == "required":

@@ -95,6 +95,47 @@ def test_conll_recipe_takes_the_token_task_to_a_released_artifact(tmp_path, tiny
     assert manifest.get("document_context", 0) == context == fp32.get("document_context", 0)  # what an app must feed
 
 
+def test_case_segments_travel_from_training_to_the_released_manifest(tmp_path, tiny_ner, capsys):
+    """data.case_segments: the models record it, the artifact and its release say so, MediaPipe metadata is
+    refused (its preprocessor feeds segment 0), and a model trained with it is refused without it."""
+    model_dir, data_dir = tiny_ner
+    cased = CONLL_TEXT.replace("john", "John").replace("london", "London").replace("mary", "Mary")
+    for name in ("train.txt", "dev.txt", "test.txt"):
+        (data_dir / name).write_text(cased)
+    out = tmp_path / "run"
+    common = ["--smoke", "--data-dir", str(data_dir), "--set", "train.learning_rate=0.003"]
+    _run(["recipes/conll2003.py", "--model", str(model_dir), "--output-dir", str(out), "--stages",
+          "finetune,export,evaluate,release", "--export", "fp32", "--set", "data.case_segments=true", *common])
+    assert json.loads((out / "finetune" / "model" / "config.json").read_text())["case_segments"] is True
+    fp32 = json.loads((out / "report.json").read_text())["artifacts"][0]
+    assert fp32["case_segments"] is True and fp32["agreement"] == 1.0  # scored on the case ids it was fed
+    manifest = json.loads((out / "release" / "fp32" / "manifest.json").read_text())
+    assert manifest["case_segments"] is True
+    with pytest.raises(SystemExit) as exit_info:
+        _run(["recipes/conll2003.py", "--model", str(out / "finetune" / "model"), "--output-dir",
+              str(tmp_path / "without"), "--stages", "export", "--export", "fp32", *common])
+    assert exit_info.value.code == 2 and "data.case_segments=false" in capsys.readouterr().err
+    assert not (tmp_path / "without" / "export" / "fp32.tflite").exists()
+
+
+def test_case_segments_are_refused_for_a_model_without_segment_ids(tmp_path, tiny_vocab_dir, capsys):
+    from tfcompress.models.loading import load_tokenizer, save_model
+
+    model_dir = tmp_path / "tiny-distilbert"
+    save_model(build_tiny_model("token", model_type="distilbert", num_labels=9), load_tokenizer(str(tiny_vocab_dir)),
+               model_dir)
+    data_dir = tmp_path / "conll"
+    data_dir.mkdir()
+    for name in ("train.txt", "dev.txt", "test.txt"):
+        (data_dir / name).write_text(CONLL_TEXT)
+    with pytest.raises(SystemExit) as exit_info:
+        _run(["recipes/conll2003.py", "--smoke", "--model", str(model_dir), "--data-dir", str(data_dir),
+              "--output-dir", str(tmp_path / "run"), "--stages", "finetune", "--set", "data.case_segments=true"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "data.case_segments=true" in error and "segment ids" in error
+    assert not (tmp_path / "run" / "finetune" / "model").exists()
+
+
 def _recipe(name):
     """The packaged recipe module's namespace (what ``tfcompress run NAME`` and recipes/NAME.py run)."""
     return vars(importlib.import_module(f"tfcompress.recipes.{name}"))

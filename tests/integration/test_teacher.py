@@ -265,6 +265,13 @@ def test_an_mpnet_ner_teacher_teaches_a_bert_student_per_word(tmp_path, tiny_tok
         cli.main(same[3:] + ["--output-dir", str(tmp_path / "same"), "--set", "distill.teacher_document_context=2"])
     assert exited.value.code == 2
     assert "distill.teacher_document_context=2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # nor capitalisation in segment ids it was not trained with
+        cli.main(same[3:] + ["--output-dir", str(tmp_path / "same-case"), "--set", "data.case_segments=true"])
+    assert exited.value.code == 2 and "trained without case segment ids" in capsys.readouterr().err
+    # case segment ids for the student: the teacher (MPNet, no segment ids) reads its own inputs, same cache
+    _in_process(command + ["--output-dir", str(tmp_path / "case"), "--set", "data.case_segments=true"], monkeypatch)
+    assert _stage(tmp_path / "case", "distill")["teacher_logits"]["reused"] is True
+    assert json.loads((tmp_path / "case" / "distill" / "model" / "config.json").read_text())["case_segments"] is True
     # masked copies of the sentences: the teacher labels every word of them too (another cache file); and
     # the hidden states of the mapped layers at each word's first sub-token, in the same file
     # and a transfer set: unlabelled sentences from a text file, labelled per word by the teacher too

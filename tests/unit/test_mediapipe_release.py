@@ -163,6 +163,18 @@ def test_an_artifact_mediapipe_cannot_run_gets_no_metadata_and_the_manifest_says
     assert (bundle / "model.tflite").read_bytes() == artifact.read_bytes()  # shipped as checked
 
 
+def test_a_model_reading_case_segments_gets_no_metadata(tmp_path, fp32_artifact, tiny_tokenizer):
+    """MediaPipe's preprocessor lower-cases the text and feeds segment 0: a case-segment model would read no case."""
+    record = {"name": "fp32", "passed": True, "case_segments": True}
+    with pytest.raises(tflite_metadata.MetadataError, match="data.case_segments"):
+        release.release_bundle(fp32_artifact, tmp_path / "required", tiny_tokenizer, LABELS, record=record,
+                               metadata="required")
+    bundle = release.release_bundle(fp32_artifact, tmp_path / "auto", tiny_tokenizer, LABELS, record=record)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["case_segments"] is True and manifest["tflite_metadata"]["written"] is False
+    assert "segment 0" in manifest["tflite_metadata"]["reason"]
+
+
 def test_missing_mediapipe_names_the_install_command(tmp_path, fp32_artifact, tiny_tokenizer, monkeypatch):
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # `import mediapipe` now fails as if not installed
     with pytest.raises(tflite_metadata.MediaPipeMissingError, match="pip install --no-deps -r requirements-mediapipe"):

@@ -30,6 +30,11 @@ class DataConfig:
             reads (up to N before and N after, from its ``-DOCSTART-`` document; a file without those lines
             counts as one document in file order), not tagged or scored. The released model expects the
             same context in its input (``manifest.json``: ``document_context``). 0: each sentence alone.
+        case_segments: the segment ids (``token_type_ids``) carry capitalisation: 1 on every sub-token of a
+            word that starts with an upper-case letter, 0 elsewhere, so an uncased model (all-MiniLM-L6-v2)
+            sees the case its tokenizer lower-cases away. For models with segment ids (BERT, MiniLM,
+            ELECTRA); models trained with it record it (``config.json``: ``case_segments``) and refuse to
+            run without it; released models expect the same ids (``manifest.json``: ``case_segments``).
     """
 
     train_file: str = ""
@@ -42,12 +47,15 @@ class DataConfig:
     max_eval_samples: int = 0
     max_test_samples: int = 0
     document_context: int = 0
+    case_segments: bool = False
 
     def validate(self) -> None:
         if self.max_length < 2:
             raise ConfigError(f"data.max_length={self.max_length!r}: must be >= 2 ([CLS] and [SEP])")
         if self.document_context < 0:
             raise ConfigError(f"data.document_context={self.document_context!r}: must be >= 0 (0: no context)")
+        if not isinstance(self.case_segments, bool):
+            raise ConfigError(f"data.case_segments={self.case_segments!r}: must be true or false")
         for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"data.{name}={getattr(self, name)!r}: must be >= 0 (0: all)")

@@ -44,6 +44,7 @@ class EncodedData:
         truncated: per-example bool mask of truncated examples (so ``select`` keeps the count right).
         num_words_dropped: token task: words that got no first sub-token (cut by ``max_length`` or
             tokenised to nothing), i.e. words absent from loss and metrics.
+        case_segments: ``token_type_ids`` carry each word's capitalisation (``encode``), not segment 0.
     """
     task: str
     features: dict[str, list[np.ndarray]]
@@ -54,6 +55,7 @@ class EncodedData:
     pad_token_id: int = 0
     truncated: np.ndarray | None = None
     num_words_dropped: int = 0
+    case_segments: bool = False
     _lengths: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -98,7 +100,7 @@ class EncodedData:
             task=self.task, features=features, labels=labels, label_names=list(self.label_names),
             num_truncated=int(truncated.sum()) if truncated is not None else 0,
             words=[self.words[i] for i in indices] if self.words is not None else None,
-            pad_token_id=self.pad_token_id, truncated=truncated,
+            pad_token_id=self.pad_token_id, truncated=truncated, case_segments=self.case_segments,
         )
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
@@ -287,8 +289,28 @@ def fit_context(tokenizer, examples, max_length: int):
     return dataclasses.replace(examples, left=left_out, right=right_out)
 
 
+def case_segment_ids(word_ids: Sequence[int | None], words: Sequence[str] | None = None, text: str | None = None,
+                     encoding=None) -> np.ndarray:
+    """Segment ids that tell an uncased model the capitalisation its tokenizer threw away: 1 for every
+    sub-token of a word whose first character is an upper-case letter ("London", "EU", "McDonald"), 0
+    elsewhere (special tokens included).
+
+    Args:
+        word_ids: the tokenizer's word index per token (``BatchEncoding.word_ids``; None: special token).
+        words: the example's words (token task, ``is_split_into_words``), or
+        text / encoding: the raw text and its ``tokenizers.Encoding`` (sequence task), whose
+            ``word_to_chars`` gives each word's first character.
+    """
+    def upper(word: int) -> bool:
+        if words is not None:
+            return words[word][:1].isupper()
+        return text[encoding.word_to_chars(word)[0]].isupper()
+
+    return np.asarray([0 if word is None else int(upper(word)) for word in word_ids], dtype=np.int32)
+
+
 def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str] | None = None,
-           progress: bool = False) -> EncodedData:
+           progress: bool = False, case_segments: bool = False) -> EncodedData:
     """Tokenise examples (batched, fast tokenizer) and align labels.
 
     Args:
@@ -299,6 +321,8 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
         input_names: features to keep (default ``tokenizer.model_input_names``). Pass the model's
             (``models.model_input_names(model)``) so e.g. DistilBERT gets no ``token_type_ids``.
         progress: show a tqdm bar.
+        case_segments: ``token_type_ids`` carry :func:`case_segment_ids` (each word's capitalisation)
+            instead of segment 0; needs a model that reads segment ids (``type_vocab_size`` > 1).
 
     Returns:
         EncodedData. Token task: the first sub-token of each word carries its tag id, other
@@ -310,6 +334,9 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
     if max_length < 2:
         raise ValueError(f"max_length={max_length}: must be >= 2 (room for the special tokens)")
     names = list(input_names) if input_names is not None else list(tokenizer.model_input_names)
+    if case_segments and "token_type_ids" not in names:
+        raise ValueError(f"case_segments: capitalisation travels in token_type_ids, and the inputs are {names}; "
+                         "only a model with segment ids (type_vocab_size > 1: BERT, MiniLM, ELECTRA) reads it")
     if isinstance(examples, TextClassificationExamples):
         task, inputs = "sequence", examples.texts
     elif isinstance(examples, TokenClassificationExamples):
@@ -343,6 +370,10 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
             features[name].extend(np.asarray(ids, dtype=np.int32) for ids in batch[name])
         for offset, encoding in enumerate(batch.encodings):
             truncated[start + offset] = bool(encoding.overflowing)
+            if case_segments:
+                features["token_type_ids"][start + offset] = case_segment_ids(
+                    encoding.word_ids, words=chunk[offset] if task == "token" else None,
+                    text=chunk[offset] if task == "sequence" else None, encoding=encoding)
         if task == "sequence":
             labels.extend(examples.labels[start:start + len(chunk)])
         else:
@@ -363,7 +394,7 @@ def encode(tokenizer, examples, max_length: int = 128, input_names: Sequence[str
         label_names=list(examples.label_names), num_truncated=int(truncated.sum()),
         words=[list(w) for w in examples.words] if task == "token" else None,
         pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-        truncated=truncated, num_words_dropped=int(words_dropped),
+        truncated=truncated, num_words_dropped=int(words_dropped), case_segments=bool(case_segments),
     )
     if data.num_truncated:
         _log.info("%s: max_length=%d truncated %d of %d examples", examples.source, max_length,
@@ -377,7 +408,7 @@ def concatenate(parts: Sequence[EncodedData]) -> EncodedData:
         raise ValueError("concatenate: no parts")
     first = parts[0]
     for k, part in enumerate(parts[1:], start=1):
-        for name in ("task", "input_names", "label_names", "pad_token_id"):
+        for name in ("task", "input_names", "label_names", "pad_token_id", "case_segments"):
             if getattr(part, name) != getattr(first, name):
                 raise ValueError(f"concatenate: part {k} has {name}={getattr(part, name)!r}, "
                                  f"part 0 has {getattr(first, name)!r}")
@@ -391,4 +422,5 @@ def concatenate(parts: Sequence[EncodedData]) -> EncodedData:
     words = None if first.task == "sequence" else [w for part in parts for w in part.words]
     return EncodedData(task=first.task, features=features, labels=labels, label_names=list(first.label_names),
                        num_truncated=int(truncated.sum()), words=words, pad_token_id=first.pad_token_id,
-                       truncated=truncated, num_words_dropped=sum(part.num_words_dropped for part in parts))
+                       truncated=truncated, num_words_dropped=sum(part.num_words_dropped for part in parts),
+                       case_segments=first.case_segments)

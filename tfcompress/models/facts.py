@@ -17,6 +17,11 @@ def model_input_names(model) -> list[str]:
     return names
 
 
+def reads_case(model) -> bool:
+    """Whether ``model`` was trained with case segment ids (``data.case_segments``; ``config.json``)."""
+    return bool(getattr(model.config, "case_segments", False))
+
+
 def count_params(model, trainable_only: bool = False) -> int:
     """Number of scalars in the model's (unique) weights.
 

@@ -49,7 +49,7 @@ from tfcompress.report import Report, write_outputs
 from tfcompress.utils import atomic_write_json, atomic_write_text, get_logger, set_seed, to_json
 from tfcompress.errors import ConfigError
 from tfcompress.errors import InputError
-from tfcompress.models.facts import max_tokens
+from tfcompress.models.facts import max_tokens, model_input_names
 
 log = get_logger("pipeline")
 # ------------------------------------------------------------------------------------ registry
@@ -158,7 +158,8 @@ class Context:
         key = f"encoded/{split}/{max_length}"
         tokenizer = self.tokenizer()  # first: a new vocabulary (trim stage) drops the cached encodings
         if key not in self._cache:
-            encoded = encoding.encode(tokenizer, self.examples(split), max_length=max_length)
+            encoded = encoding.encode(tokenizer, self.examples(split), max_length=max_length,
+                                      case_segments=self.config.data.case_segments)
             if encoded.num_truncated:
                 log.info("%s: %d of %d examples truncated at max_length=%d", split, encoded.num_truncated,
                          len(encoded), max_length)
@@ -170,11 +171,29 @@ class Context:
         return list(self.examples("train").label_names)
 
     # models -----------------------------------------------------------------------------
-    def load_model(self, path: str | None = None, pooling: str | None = None):
+    def load_model(self, path: str | None = None, pooling: str | None = None, teacher: bool = False):
         """Load ``path`` (default: the current model) for this task with the training file's labels
-        (``pooling``: see :func:`tfcompress.models.load_model`; None keeps the saved head's)."""
-        return loading.load_model(str(path or self.current_model), task=self.config.task, labels=self.label_names,
-                                 pooling=pooling)
+        (``pooling``: see :func:`tfcompress.models.load_model`; None keeps the saved head's).
+
+        ``data.case_segments`` (not for a ``teacher``, which reads what it was trained with): a model
+        trained with case segment ids (``config.json``: ``case_segments``) is refused without them;
+        with them, the model must read segment ids, and its config is marked so that the models saved
+        from it record them."""
+        path = str(path or self.current_model)
+        model = loading.load_model(path, task=self.config.task, labels=self.label_names, pooling=pooling)
+        if teacher:
+            return model
+        trained_with_case = bool(getattr(model.config, "case_segments", False))
+        if trained_with_case and not self.config.data.case_segments:
+            raise ConfigError(f"data.case_segments=false, but {path} was trained with case segment ids (config.json: "
+                              "case_segments): it reads capitalisation in token_type_ids; set data.case_segments=true")
+        if self.config.data.case_segments:
+            if "token_type_ids" not in model_input_names(model):
+                raise ConfigError(f"data.case_segments=true: {path} ({model.config.model_type}) reads no segment ids "
+                                  "(token_type_ids, type_vocab_size > 1), which carry the capitalisation; use a BERT, "
+                                  "MiniLM or ELECTRA model or unset data.case_segments")
+            model.config.case_segments = True
+        return model
 
     def stage_dir(self, name: str) -> Path:
         return self.output_dir / name

@@ -11,7 +11,7 @@ from tfcompress.compress import prune
 from tfcompress.config.training import TrainConfig
 from tfcompress.evaluate import metrics
 from tfcompress.data import encoding
-from tfcompress.models.facts import count_params, model_input_names
+from tfcompress.models.facts import count_params, model_input_names, reads_case
 from tfcompress.pipeline.runner import Context
 from tfcompress.utils import get_logger
 
@@ -38,7 +38,7 @@ def test_logits_and_metrics(context: Context, model, max_length: int | None = No
         examples = context.examples("test") if examples is None else examples
         data = encoding.encode(tokenizer or context.tokenizer(), examples,
                                max_length=max_length or context.config.data.max_length,
-                               input_names=model_input_names(model))
+                               input_names=model_input_names(model), case_segments=reads_case(model))
     batch_size = context.config.evaluate.batch_size
     logits = metrics.predict_logits(keras_predict_fn(model), data, batch_size=batch_size, progress=False)
     return logits, metrics.compute_metrics(context.config.task, logits, data.labels, data.label_names)

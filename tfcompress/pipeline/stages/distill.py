@@ -14,7 +14,7 @@ from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.data import augment, encoding, readers
 from tfcompress.errors import ConfigError
 from tfcompress.models import loading, make_student, packaged, surgery
-from tfcompress.models.facts import model_input_names
+from tfcompress.models.facts import model_input_names, reads_case
 from tfcompress.pipeline.runner import Context, stage
 from tfcompress.pipeline.stages.common import model_facts, per_class_of, primary_name, scalars, test_logits_and_metrics
 from tfcompress.train.trainer import Trainer
@@ -98,7 +98,8 @@ def _training_data(context: "Context", augmented: list):
         return train
     source = f"{context.examples('train').source} (augmented)"
     encoded = encoding.encode(context.tokenizer(), _unlabelled(context, augmented, source),
-                              max_length=context.config.data.max_length, input_names=train.input_names)
+                              max_length=context.config.data.max_length, input_names=train.input_names,
+                              case_segments=train.case_segments)
     if encoded.task == "token":  # soft labels only: no word of an augmented sentence has a hard label
         encoded = dataclasses.replace(encoded, labels=[np.full_like(labels, IGNORE_INDEX) for labels in encoded.labels])
     return encoding.concatenate([train, encoded])
@@ -116,7 +117,7 @@ def _teacher_path(context: "Context") -> str:
 
 def _load_teacher(context: "Context", path: str):
     try:
-        return context.load_model(path)
+        return context.load_model(path, teacher=True)  # reads case segment ids only if trained with them
     except loading.LabelMismatchError as error:
         raise ConfigError(f"student.teacher={path!r} (--distill-from): the teacher's label set must be the "
                           f"training file's: {error}") from error
@@ -178,7 +179,8 @@ def _cross_tokenizer_logits(context: "Context", teacher, teacher_tokenizer, augm
                                          config.data.max_length, _augmentation(context, augmented), dtype=_policy())
     cache = _cache(context)
     data = encoding.encode(teacher_tokenizer, _unlabelled(context, texts, "teacher view"),
-                           max_length=config.data.max_length, input_names=model_input_names(teacher))
+                           max_length=config.data.max_length, input_names=model_input_names(teacher),
+                           case_segments=reads_case(teacher))
     return cache.load_or_compute(fields, teacher, data, batch_size=config.distill_train.eval_batch_size)
 
 
@@ -238,7 +240,7 @@ def _cross_tokenizer_word_targets(context: "Context", teacher, teacher_tokenizer
     if config.distill.teacher_document_context:  # likewise
         fields["teacher_document_context"] = config.distill.teacher_document_context
     data = encoding.encode(teacher_tokenizer, _unlabelled(context, teacher_words, "teacher view"), max_length=max_length,
-                           input_names=model_input_names(teacher))
+                           input_names=model_input_names(teacher), case_segments=reads_case(teacher))
     positions = teacher_logits.word_positions(teacher_tokenizer, teacher_words, max_length, teacher_spans)
     word_logits, word_hidden, info = _cache(context).load_or_compute_words(
         fields, teacher, data, positions, batch_size=config.distill_train.eval_batch_size)
@@ -289,6 +291,11 @@ def distill_stage(context: Context) -> dict:
         raise ConfigError(f"distill.teacher_document_context={config.distill.teacher_document_context}: {teacher_path} "
                           "tokenizes like the student and reads the student's batches (their context is "
                           f"data.document_context={config.data.document_context}); unset it")
+    if same and reads_case(teacher) != config.data.case_segments:
+        raise ConfigError(f"data.case_segments={str(config.data.case_segments).lower()}: {teacher_path} tokenizes like "
+                          "the student and reads the student's batches, but it was trained "
+                          f"{'with' if reads_case(teacher) else 'without'} case segment ids (config.json: "
+                          "case_segments); set data.case_segments as the teacher was trained")
     init = _student_init(context, same)
     if init == "teacher":
         student = make_student(teacher, num_layers=config.student.num_layers)

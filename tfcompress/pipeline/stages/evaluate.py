@@ -92,6 +92,8 @@ def evaluate_stage(context: Context) -> dict:
             else round((value - finetune_metric) * 100.0, 3)})
         if artifact.get("document_context"):  # scored on sentences read in their context: so must an app
             record["document_context"] = artifact["document_context"]
+        if artifact.get("case_segments"):  # and so must an app's segment ids
+            record["case_segments"] = True
         report.add_artifact(record)
         report.save()
         records.append(record)

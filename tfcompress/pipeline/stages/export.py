@@ -64,6 +64,8 @@ def export_stage(context: Context) -> dict:
                           "integer_only": integer.integer_report(path)["integer_only"]})
         if context.config.data.document_context:  # the input the artifact was evaluated on (manifest.json)
             artifacts[-1]["document_context"] = context.config.data.document_context
+        if context.config.data.case_segments:  # token_type_ids carry capitalisation (encoding.case_segment_ids)
+            artifacts[-1]["case_segments"] = True
         if name == "int8" and outliers_scaled:
             artifacts[-1]["outlier_percentile"] = outlier_percentile  # rewrites.scale_outlier_channels
 

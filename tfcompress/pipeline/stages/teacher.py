@@ -37,8 +37,14 @@ def teacher_stage(context: Context) -> dict:
     model = loading.load_model(path, task=config.task, labels=context.label_names, pooling=pooling)
     tokenizer = loading.load_tokenizer(path)
     names = model_input_names(model)
+    # data.case_segments: a teacher with segment ids learns the capitalisation too; one without reads none
+    case = config.data.case_segments and "token_type_ids" in names
+    if config.data.case_segments:
+        log.info("teacher: %s", "case segment ids on" if case else f"{path} reads no segment ids: no case ids")
+        if case:
+            model.config.case_segments = True
     train, evaluation = (encoding.encode(tokenizer, context.examples(split), max_length=config.data.max_length,
-                                         input_names=names) for split in ("train", "eval"))
+                                         input_names=names, case_segments=case) for split in ("train", "eval"))
     trainer = Trainer(model, config.task, config.teacher_train, stage_dir, label_names=context.label_names,
                       stage="teacher")
     result = trainer.fit(train, evaluation)
