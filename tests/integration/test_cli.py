@@ -87,6 +87,7 @@ def test_bad_flag_exits_2_naming_it(arguments, named, train_csv, capsys):
     ("distill.alpha=2", "alpha"),
     ("train.epochs", "FIELD=VALUE"),
     ("export.int8_select_budget=0.5", "selective int8 search was removed"),
+    ("data.case_segments=maybe", "data.case_segments"),
 ])
 def test_bad_override_exits_2_naming_the_field(override, named, train_csv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
