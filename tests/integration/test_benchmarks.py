@@ -305,3 +305,35 @@ def test_teacher_labelling_smoke_times_both_policies_on_the_same_weights(tmp_pat
     assert all(len(times) == 2 for times in result["round_seconds"].values())
     # bfloat16 did run (the logits moved), on the same weights (they moved by rounding, not by another head)
     assert 0 < result["logit_abs_diff"]["max"] and result["logit_abs_diff"]["mean"] < 0.1 * result["logit_scale"]
+
+
+def test_compare_ner_pairs_sentences_and_reads_each_model_as_it_was_trained(tmp_path, results_md_untouched,
+                                                                            tiny_tokenizer):
+    import numpy as np
+
+    from conftest import CONLL_TEXT, build_tiny_model
+    from tfcompress.data import readers
+    from tfcompress.models.loading import save_model
+
+    train = tmp_path / "train.txt"
+    train.write_text(CONLL_TEXT.replace("john", "John"))
+    tags = readers.read_conll(train).label_names
+    plain, cased = tmp_path / "plain", tmp_path / "cased"
+    save_model(build_tiny_model("token", num_labels=len(tags)), tiny_tokenizer, plain)
+    model = build_tiny_model("token", num_labels=len(tags))
+    model.config.case_segments = True
+    save_model(model, tiny_tokenizer, cased)
+    argv = ["--models", f"{plain},{cased},{plain}", "--file", str(train), "--train-file", str(train),
+            "--results-dir", str(tmp_path / "results")]
+    result = _run("compare_ner", argv)
+    rows = [result["models"][str(plain)], result["models"][str(cased)]]
+    assert [row["case_segments"] for row in rows] == [False, True]
+    assert all(0.0 <= row["f1"] <= 1.0 and row["sentences"] == 3 for row in rows)
+    assert rows[1]["vs_first"]["delta_pt"] == pytest.approx((rows[1]["f1"] - rows[0]["f1"]) * 100.0)
+    module = _module("compare_ner")
+    base = np.array([[1, 1, 1], [0, 1, 1], [2, 2, 2]])  # per sentence: hits, predicted, gold
+    better = np.array([[1, 1, 1], [1, 1, 1], [2, 2, 2]])
+    assert module.f1(base) == pytest.approx(2 * 3 / (4 + 4)) and module.f1(better) == 1.0
+    paired = module.paired_f1_difference(better, base, resamples=200)
+    assert paired["delta_pt"] == pytest.approx(25.0) and paired["ci95_pt"][0] >= 0.0
+    assert module.paired_f1_difference(base, base, resamples=50)["ci95_pt"] == [0.0, 0.0]
