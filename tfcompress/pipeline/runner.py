@@ -49,7 +49,7 @@ from tfcompress.report import Report, write_outputs
 from tfcompress.utils import atomic_write_json, atomic_write_text, get_logger, set_seed, to_json
 from tfcompress.errors import ConfigError
 from tfcompress.errors import InputError
-from tfcompress.models.facts import max_tokens, model_input_names
+from tfcompress.models.facts import max_tokens, model_input_names, reads_case
 
 log = get_logger("pipeline")
 # ------------------------------------------------------------------------------------ registry
@@ -183,8 +183,7 @@ class Context:
         model = loading.load_model(path, task=self.config.task, labels=self.label_names, pooling=pooling)
         if teacher:
             return model
-        trained_with_case = bool(getattr(model.config, "case_segments", False))
-        if trained_with_case and not self.config.data.case_segments:
+        if reads_case(model) and not self.config.data.case_segments:
             raise ConfigError(f"data.case_segments=false, but {path} was trained with case segment ids (config.json: "
                               "case_segments): it reads capitalisation in token_type_ids; set data.case_segments=true")
         if self.config.data.case_segments:
