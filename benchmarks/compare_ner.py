@@ -1,7 +1,8 @@
 """Entity F1 of token-classification models on one CoNLL file, each paired with the first model.
 
-Each model reads the file as it was trained (``config.json``: ``case_segments``, or ``--case-segments``
-for models saved before they were recorded). Entities are seqeval's strict IOB2 spans; a paired
+Each model reads its case segment ids as it was trained (``config.json``: ``case_segments``, or
+``--case-segments`` for models saved before they were recorded); every sentence is read alone (no
+document context). Entities are seqeval's strict IOB2 spans; a paired
 bootstrap over the sentences (the same resampled sentences for both models) gives the 95 % interval of
 each model's F1 minus the first model's. Each model's F1 is checked against the pipeline's own seqeval
 score of the same predictions.
@@ -51,8 +52,9 @@ def paired_f1_difference(counts: np.ndarray, base: np.ndarray, resamples: int = 
     picks = rng.integers(0, len(base), size=(resamples, len(base)))
     deltas = (f1(counts[picks]) - f1(base[picks])) * 100.0
     low, high = np.percentile(deltas, [2.5, 97.5])
-    return {"delta_pt": float((f1(counts) - f1(base)) * 100.0), "ci95_pt": [round(float(low), 3), round(float(high), 3)],
-            "sentences": int(len(base)), "resamples": resamples}
+    return {"delta_pt": float((f1(counts) - f1(base)) * 100.0),
+            "ci95_pt": [round(float(low), 3), round(float(high), 3)], "sentences": int(len(base)),
+            "resamples": resamples}
 
 
 def score(model_dir: str, path: str, labels: list[str], case: str, max_length: int, batch_size: int) -> tuple:
@@ -94,8 +96,10 @@ def main(argv=None) -> int:
         if model_dir != base:
             results[model_dir]["vs_first"] = paired_f1_difference(counts[model_dir], counts[base])
         versus = results[model_dir].get("vs_first")
-        text = f"{versus['delta_pt']:+.2f} ({versus['ci95_pt'][0]:+.2f} .. {versus['ci95_pt'][1]:+.2f})" if versus else ""
-        lines.append(f"| `{model_dir}` | {results[model_dir]['case_segments']} | {results[model_dir]['f1']:.4f} | {text} |")
+        text = f"{versus['delta_pt']:+.2f} ({versus['ci95_pt'][0]:+.2f} .. {versus['ci95_pt'][1]:+.2f})" \
+            if versus else ""
+        row = results[model_dir]
+        lines.append(f"| `{model_dir}` | {row['case_segments']} | {row['f1']:.4f} | {text} |")
         print(lines[-1], flush=True)
     command = "python benchmarks/compare_ner.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     return write_results(args.name, command, {"file": args.file, "models": results,

@@ -32,6 +32,7 @@ from tfcompress.export import rewrites
 from tfcompress.export import tflite
 from tfcompress.models import facts
 from tfcompress.models import loading
+from tfcompress.models.facts import reads_case
 from tfcompress._compat import tf
 from tfcompress.cli.options import default_data_dir
 
@@ -118,8 +119,9 @@ def main(argv=None):
         test = readers.TextClassificationExamples(test.texts[:args.max_test_samples],
                                                       test.labels[:args.max_test_samples], label_names, "head")
     calibration = encoding.encode(tokenizer, readers.TextClassificationExamples(
-        train.texts[:5000], train.labels[:5000], label_names, "train head"), max_length=args.seq_length)
-    test_data = encoding.encode(tokenizer, test, max_length=args.seq_length)
+        train.texts[:5000], train.labels[:5000], label_names, "train head"), max_length=args.seq_length,
+        case_segments=reads_case(model))
+    test_data = encoding.encode(tokenizer, test, max_length=args.seq_length, case_segments=reads_case(model))
 
     @tf.function(reduce_retracing=True)
     def keras_predict(features):

@@ -37,6 +37,7 @@ from tfcompress.data import encoding, readers
 from tfcompress.evaluate import integer, metrics, runtime
 from tfcompress.export import litert_quantizer, tflite
 from tfcompress.models import loading
+from tfcompress.models.facts import reads_case
 from tfcompress.pipeline.stages.common import keras_predict_fn
 
 RECIPES = {"integer": ({}, 90.0), "integer-plain": ({}, None), "integer-int16": ({"int8_ops": ()}, 90.0),
@@ -94,10 +95,12 @@ def main() -> None:
     if not source or not seq_length:
         parser.error(f"{args.run_dir}/report.json has no export stage: pass --source-model and --seq-length")
     model, tokenizer = loading.load_model(source), loading.load_tokenizer(source)
-    train = encoding.encode(tokenizer, readers.read_text_classification(args.data_dir / "train.tsv"), max_length=64)
+    train = encoding.encode(tokenizer, readers.read_text_classification(args.data_dir / "train.tsv"), max_length=64,
+                            case_segments=reads_case(model))
     splits = {}
     for name in args.files.split(","):
-        data = encoding.encode(tokenizer, readers.read_text_classification(args.data_dir / name), max_length=seq_length)
+        data = encoding.encode(tokenizer, readers.read_text_classification(args.data_dir / name), max_length=seq_length,
+                               case_segments=reads_case(model))
         logits = metrics.predict_logits(keras_predict_fn(model), data, pad_to=seq_length, progress=False)
         splits[name] = (data, logits)
     keras = {name: float(np.mean(np.argmax(logits, -1) == np.asarray(data.labels))) for name, (data, logits) in splits.items()}

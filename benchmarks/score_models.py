@@ -20,6 +20,7 @@ from _common import write_results
 from tfcompress.data import encoding, readers
 from tfcompress.evaluate import metrics
 from tfcompress.models import loading
+from tfcompress.models.facts import reads_case
 from tfcompress.pipeline.stages.common import keras_predict_fn
 
 
@@ -31,7 +32,7 @@ def score(model_dir: str, files: list[str], train_file: str, max_length: int, ba
     out, correct, total = {}, 0, 0
     for path in files:
         examples = readers.read_text_classification(path, label_names=labels)
-        data = encoding.encode(tokenizer, examples, max_length=max_length)
+        data = encoding.encode(tokenizer, examples, max_length=max_length, case_segments=reads_case(model))
         logits = metrics.predict_logits(predict, data, batch_size=batch_size, progress=False)
         predictions = np.asarray(logits).argmax(-1)
         hits = predictions == np.asarray(data.labels)

@@ -85,6 +85,8 @@ def config_hash(*parts) -> str:
 def stage_config(config: RecipeConfig, name: str) -> dict:
     """The part of the config a stage depends on (what its hash covers, with the upstream hashes)."""
     base = {"model": config.model, "task": config.task, "data": dataclasses.asdict(config.data)}
+    if not config.data.case_segments:  # off: the hashes of run folders made before the field existed
+        del base["data"]["case_segments"]
     if name == "teacher":
         del base["model"]  # the teacher's checkpoint is teacher.model; the student's is not its input
     sections = {
@@ -191,6 +193,9 @@ class Context:
                 raise ConfigError(f"data.case_segments=true: {path} ({model.config.model_type}) reads no segment ids "
                                   "(token_type_ids, type_vocab_size > 1), which carry the capitalisation; use a BERT, "
                                   "MiniLM or ELECTRA model or unset data.case_segments")
+            if not reads_case(model):  # a pretrained checkpoint (fine); a model fine-tuned without them (not)
+                log.warning("data.case_segments=true: %s has no case_segments record; the training stages teach it the "
+                            "case ids, a model fine-tuned without them reads ids it never saw", path)
             model.config.case_segments = True
         return model
 

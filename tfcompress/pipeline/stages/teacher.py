@@ -6,7 +6,7 @@ import time
 
 from tfcompress.data import encoding
 from tfcompress.models import loading
-from tfcompress.models.facts import count_params, max_tokens, model_input_names
+from tfcompress.models.facts import count_params, max_tokens, model_input_names, reads_case
 from tfcompress.errors import ConfigError
 from tfcompress.pipeline.runner import Context, stage
 from tfcompress.pipeline.stages.common import model_facts, per_class_of, primary_name, scalars, test_logits_and_metrics
@@ -41,8 +41,8 @@ def teacher_stage(context: Context) -> dict:
     case = config.data.case_segments and "token_type_ids" in names
     if config.data.case_segments:
         log.info("teacher: %s", "case segment ids on" if case else f"{path} reads no segment ids: no case ids")
-        if case:
-            model.config.case_segments = True
+    if case or reads_case(model):  # recorded, or cleared on a checkpoint trained with them
+        model.config.case_segments = case
     train, evaluation = (encoding.encode(tokenizer, context.examples(split), max_length=config.data.max_length,
                                          input_names=names, case_segments=case) for split in ("train", "eval"))
     trainer = Trainer(model, config.task, config.teacher_train, stage_dir, label_names=context.label_names,
