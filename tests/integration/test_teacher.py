@@ -102,6 +102,32 @@ def test_an_mpnet_teacher_teaches_a_bert_student_through_cached_per_text_logits(
     assert stored["texts_sha256"] == teacher_logits.texts_digest(expected)
 
 
+def test_the_student_is_pruned_while_it_learns_from_a_teacher_of_another_tokenizer(
+        student_run, tiny_mpnet_dir, monkeypatch, capsys):
+    """``prune.during=distill``: TFMOT wrappers on the student through the distill stage, stripped before
+    saving; the saved student holds the zeros, the record says what was pruned, and trim/export follow."""
+    from tfcompress.compress import prune
+    from tfcompress.models import loading
+
+    command, folder = student_run
+    out = folder / "pruned"
+    _in_process(command + ["--output-dir", str(out), "--distill-from", str(tiny_mpnet_dir), "--student-layers", "1",
+                           "--set", "prune.during=distill", "--set", "prune.final_sparsity=0.6",
+                           "--stages", "distill,trim,export", "--export", "dynamic"], monkeypatch)
+    record = _stage(out, "distill")
+    assert record["prune_config"]["during"] == "distill"
+    assert record["pruned_layers"] and abs(record["pruned_sparsity"] - 0.6) < 0.02
+    assert record["schedule"]["end_step"] <= record["schedule"]["total_steps"] == record["steps"]
+    saved = prune.sparsity_report(loading.load_model(str(out / "distill" / "model"), task="sequence"))
+    assert abs(saved["pruned"]["sparsity"] - 0.6) < 0.02  # the zeros are in the saved kernels
+    assert (out / "export" / "dynamic.tflite").is_file() and _stage(out, "trim")["input_model"].endswith("model")
+    with pytest.raises(SystemExit):
+        _in_process(command + ["--output-dir", str(folder / "both"), "--distill-from", str(tiny_mpnet_dir),
+                               "--set", "prune.during=distill", "--stages", "distill,prune"], monkeypatch)
+    assert "prune.during='distill': the distill stage prunes; drop 'prune' from stages" in capsys.readouterr().err
+    assert not (folder / "both").exists()
+
+
 def test_a_teacher_with_other_labels_is_refused_naming_the_field(student_run, tiny_mpnet_dir, tmp_path):
     from tfcompress.models import loading
 
@@ -340,6 +366,28 @@ def _check_teacher_reads_context(cache_file, teacher_dir, train, words):
         np.testing.assert_allclose(rows[row:row + len(sentence)], expected, atol=1e-4)
         row += len(sentence)
     assert row == len(rows) and index > 0 and before
+
+
+def test_pruning_while_distilling_enters_the_distill_hash_only_when_on():
+    from tfcompress.config import recipe
+    from tfcompress.errors import ConfigError
+    from tfcompress.pipeline import runner
+
+    plain = recipe.RecipeConfig(stages=["distill", "prune", "trim"])
+    assert "during" not in runner.stage_config(plain, "prune")["prune"]  # older run folders keep their hashes
+    assert "prune" not in runner.stage_config(plain, "distill")
+    during = recipe.RecipeConfig(stages=["distill", "trim"])
+    during.prune.during = "distill"
+    during.validate()
+    first = runner.stage_hashes(during)
+    assert first["distill"] != runner.stage_hashes(recipe.RecipeConfig(stages=["distill", "trim"]))["distill"]
+    during.prune.final_sparsity = 0.7
+    assert [n for n, h in runner.stage_hashes(during).items() if h != first[n]] == ["distill", "trim"]
+    during.stages = ["finetune", "trim"]
+    with pytest.raises(ConfigError, match="prune.during='distill': the distill stage prunes, and this chain has none"):
+        during.validate()
+    with pytest.raises(ConfigError, match="prune.during='finetune': must be one of"):
+        recipe.RecipeConfig(stages=["distill"]).prune.__class__(during="finetune")
 
 
 def test_the_teacher_stage_is_a_side_branch_of_the_hash_chain():

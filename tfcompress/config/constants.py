@@ -56,6 +56,7 @@ DEFAULT_INTEGER_INT8_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
 PRUNED_ZERO_FRACTION = 0.01
 SCHEDULES = ("polynomial", "constant")
 STRUCTURES = ("unstructured", "2:4")
+PRUNE_DURING = ("prune", "distill")  # the stage that trains under the pruning schedule
 QAT_TARGETS = ("int8", "integer")  # QATConfig.target: the Dense-only int8 artifact, or the integer export's graph
 # Derived frequency: about this many mask updates between begin_step and end_step. Zhu & Gupta
 # (arXiv:1710.01878) prune in many small steps; 20 updates of a cubic schedule move the sparsity by

@@ -388,6 +388,10 @@ class RecipeConfig:
         if self.prune_distill.augment_copies:
             raise ConfigError(f"prune_distill.augment_copies={self.prune_distill.augment_copies}: the prune "
                              "stage does not augment; set distill.augment_copies")
+        if self.prune.during == "distill" and ("prune" in self.stages or "distill" not in self.stages):
+            why = ("the distill stage prunes; drop 'prune' from stages" if "prune" in self.stages
+                   else "the distill stage prunes, and this chain has none")
+            raise ConfigError(f"prune.during='distill': {why} (stages={self.stages!r})")
         if "teacher" in self.stages and not self.teacher.model:
             raise ConfigError("teacher.model is empty (--teacher): the teacher stage needs a checkpoint to fine-tune")
         if "teacher" in self.stages and "distill" in self.stages and self.student.teacher:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tfcompress.config.constants import (DERIVED_MASK_UPDATES, QAT_TARGETS, SCHEDULES, STRUCTURES,
+from tfcompress.config.constants import (DERIVED_MASK_UPDATES, PRUNE_DURING, QAT_TARGETS, SCHEDULES, STRUCTURES,
                                          TEMPERATURE_SCHEDULES)
 from tfcompress.errors import ConfigError
 
@@ -142,6 +142,10 @@ class PruneConfig:
         include (str | None): regex (``re.search``) on layer paths such as
             ``"bert/encoder/layer.0/attention/self_attention/query"``; keeps only matching candidates.
         exclude (str | None): regex; drops matching candidates.
+        during (str): the stage that trains under the schedule. ``"prune"`` (default): the ``prune``
+            stage, on the training labels (optionally self-distilled, ``prune_distill``). ``"distill"``:
+            the ``distill`` stage prunes the student while it learns from the teacher, over the augmented
+            copies and transfer set too; the chain then has no ``prune`` stage.
 
     Raises:
         ValueError: naming the field, the value and why, on construction (:meth:`validate`).
@@ -162,6 +166,7 @@ class PruneConfig:
     prune_embeddings: bool = False
     include: str | None = None
     exclude: str | None = None
+    during: str = "prune"
 
     def __post_init__(self):
         if isinstance(self.block_size, list):
@@ -217,6 +222,8 @@ class PruneConfig:
             bad("block_pooling_type", "must be 'AVG' or 'MAX'")
         if self.structure not in STRUCTURES:
             bad("structure", f"must be one of {STRUCTURES}")
+        if self.during not in PRUNE_DURING:
+            bad("during", f"must be one of {PRUNE_DURING}")
         if self.structure == "2:4":
             if self.final_sparsity != 0.5:
                 bad("final_sparsity", "must be 0.5 with structure='2:4' (2 zeros in every 4 weights is "

@@ -100,8 +100,12 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
         "evaluate": ("evaluate",),
         "release": ("release",),
     }.get(name, ())
+    if name == "distill" and config.prune.during == "distill":
+        sections += ("prune",)
     for section in sections:
         base[section] = dataclasses.asdict(getattr(config, section))
+    if base.get("prune", {}).get("during") == "prune":  # the default: older run folders keep their hashes
+        del base["prune"]["during"]
     if name in ("finetune", "distill"):  # distill: a student from --model gets a new head too
         base["pooling"] = loading.resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
     return base

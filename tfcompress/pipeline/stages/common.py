@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Callable
@@ -85,6 +86,20 @@ def total_steps(train, config: TrainConfig) -> int:
     batches = len(train.batches(config.batch_size, shuffle=False))
     steps_per_epoch = max(1, math.ceil(batches / config.grad_accum_steps))
     return config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+
+
+def strip_pruning(model, config, steps: int) -> dict:
+    """Strip ``model``'s pruning wrappers (the zeros stay in its kernels) and return what was pruned, for
+    the stage record: sparsity overall and per layer, the layers, the config (``prune``) and the schedule."""
+    paths = prune.pruned_layers(model)
+    prune.strip(model)
+    sparsity = prune.sparsity_report(model)
+    begin, end, frequency = config.resolve_steps(steps)
+    return {"pruned_sparsity": round(sparsity["pruned"]["sparsity"], 6), "pruned_params": sparsity["pruned"]["params"],
+            "global_sparsity": round(sparsity["global"]["sparsity"], 6),
+            "layer_sparsity": {name: round(entry["sparsity"], 4) for name, entry in sparsity["layers"].items()},
+            "pruned_layers": paths, "prune_config": dataclasses.asdict(config),
+            "schedule": {"begin_step": begin, "end_step": end, "frequency": frequency, "total_steps": steps}}
 
 
 def primary_name(context: Context) -> str:

@@ -9,14 +9,22 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress._compat import keras
-from tfcompress.compress import distill, teacher_logits
+from tfcompress.compress import distill, prune, teacher_logits
 from tfcompress.config.constants import IGNORE_INDEX
 from tfcompress.data import augment, encoding, readers
 from tfcompress.errors import ConfigError
 from tfcompress.models import loading, make_student, packaged, surgery
 from tfcompress.models.facts import model_input_names, reads_case
 from tfcompress.pipeline.runner import Context, stage
-from tfcompress.pipeline.stages.common import model_facts, per_class_of, primary_name, scalars, test_logits_and_metrics
+from tfcompress.pipeline.stages.common import (
+    model_facts,
+    per_class_of,
+    primary_name,
+    scalars,
+    strip_pruning,
+    test_logits_and_metrics,
+    total_steps,
+)
 from tfcompress.train.trainer import Trainer
 from tfcompress.utils import get_logger
 
@@ -304,10 +312,13 @@ def distill_stage(context: Context) -> dict:
         base = context.load_model(pooling=config.pooling if fresh_head and config.task == "sequence" else None)
         student = make_student(base, num_layers=config.student.num_layers)
         del base
-    distiller = distill.Distiller(teacher, student, config.distill, task=config.task, same_tokenizer=same)
     transfer = _transfer_examples(context)
     augmented = _augmented_texts(context) + transfer  # unlabelled: the teacher's soft labels only
     train, evaluation = _training_data(context, augmented), context.encoded("eval")
+    pruning = config.prune.during == "distill"
+    if pruning:  # TFMOT wrappers on the student before the Distiller and the Trainer's checkpoint see it
+        prune.apply(student, config.prune, total_steps=total_steps(train, config.distill_train))
+    distiller = distill.Distiller(teacher, student, config.distill, task=config.task, same_tokenizer=same)
     cache, logits_file = None, None
     # cross-tokenizer: logits, and per-word hidden states in a token task (attention maps refused)
     needs_teacher = config.distill.alpha < 1.0 or config.distill.needs_hidden_states
@@ -324,9 +335,14 @@ def distill_stage(context: Context) -> dict:
         cache = distiller.use_teacher_logits(logits)
     elif config.distill.cache_teacher:
         cache = distiller.cache_teacher_outputs(train, batch_size=config.distill_train.eval_batch_size)
-    trainer = Trainer(distiller, config.task, config.distill_train, stage_dir, hooks=distill.hooks(distiller),
+    hooks = distill.hooks(distiller) + (prune.hooks(config.prune) if pruning else [])
+    trainer = Trainer(distiller, config.task, config.distill_train, stage_dir, hooks=hooks,
                       loss_fn=distiller.loss_fn, label_names=context.label_names, stage="distill")
     result = trainer.fit(train, evaluation)
+    pruned = strip_pruning(distiller.student, config.prune, total_steps(train, config.distill_train)) if pruning else {}
+    if pruned:
+        log.info("distill: pruned while distilling, sparsity %.3f of the pruned layers (%.3f of all weight matrices)",
+                 pruned["pruned_sparsity"], pruned["global_sparsity"])
     loading.save_model(distiller.student, context.tokenizer(), stage_dir / "model")
     _, student_metrics = test_logits_and_metrics(context, distiller.student)
     teacher_view = _teacher_view(context, teacher_tokenizer, "test") if not same and config.task == "token" else None
@@ -345,7 +361,8 @@ def distill_stage(context: Context) -> dict:
         layer_map=description["layer_map"], distillation=description, teacher_cache=cache,
         augmented_examples=len(augmented) - len(transfer), transfer_examples=len(transfer),
         best_step=result["best_step"], steps=result["steps"],
-        train_samples_per_second=result["samples_per_second"], per_class=per_class_of(student_metrics), **facts)
+        train_samples_per_second=result["samples_per_second"], per_class=per_class_of(student_metrics), **pruned,
+        **facts)
     report.save()
     primary = primary_name(context)
     log.info("distill: student (%d layers, from the %s) %s=%.4f, teacher (%d layers) %.4f",

@@ -16,6 +16,7 @@ from tfcompress.pipeline.stages.common import (
     per_class_of,
     primary_name,
     scalars,
+    strip_pruning,
     test_logits_and_metrics,
     total_steps,
 )
@@ -47,10 +48,8 @@ def prune_stage(context: Context) -> dict:
     trainer = Trainer(trained, config.task, config.prune_train, stage_dir, hooks=hooks, loss_fn=loss_fn,
                       label_names=context.label_names, stage="prune")
     result = trainer.fit(train, evaluation)
-    pruned_paths = prune.pruned_layers(model)
-    prune.strip(model)
+    pruned = strip_pruning(model, config.prune, steps)
     loading.save_model(model, context.tokenizer(), stage_dir / "model")
-    sparsity = prune.sparsity_report(model)
     _, test_metrics = test_logits_and_metrics(context, model)
     facts = model_facts(model, stage_dir / "model")
     input_size = {}
@@ -60,22 +59,16 @@ def prune_stage(context: Context) -> dict:
             input_size = {"input_size_bytes": sizes["raw"], "input_gzip_bytes": sizes["gzip"]}
         except FileNotFoundError:
             pass
-    begin, end, frequency = config.prune.resolve_steps(steps)
     report = context.report()
     record = report.set_stage(
         "prune", metrics=scalars(test_metrics), seconds=time.time() - started, output="prune/",
         model_dir="prune/model", input_model=input_model, input_metrics=input_metrics,
-        eval_metrics=scalars(result["metrics"]), pruned_sparsity=round(sparsity["pruned"]["sparsity"], 6),
-        pruned_params=sparsity["pruned"]["params"],
-        layer_sparsity={name: round(entry["sparsity"], 4) for name, entry in sparsity["layers"].items()},
-        pruned_layers=pruned_paths, schedule={"begin_step": begin, "end_step": end, "frequency": frequency,
-                                              "total_steps": steps},
-        prune_config=dataclasses.asdict(config.prune), distillation=distillation, steps=result["steps"],
+        eval_metrics=scalars(result["metrics"]), distillation=distillation, steps=result["steps"],
         train_samples_per_second=result["samples_per_second"], per_class=per_class_of(test_metrics),
-        **facts, **input_size)
+        **pruned, **facts, **input_size)
     report.save()
     log.info("prune: %s=%.4f%s, sparsity %.3f of the pruned layers (%.3f of all weight matrices), gzip %.2f MB",
              primary_name(context), test_metrics[primary_name(context)],
-             delta_text(context, record["metrics"], input_metrics), sparsity["pruned"]["sparsity"],
-             sparsity["global"]["sparsity"], facts["gzip_bytes"] / 1e6)
+             delta_text(context, record["metrics"], input_metrics), pruned["pruned_sparsity"],
+             pruned["global_sparsity"], facts["gzip_bytes"] / 1e6)
     return record
