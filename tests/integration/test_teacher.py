@@ -113,14 +113,21 @@ def test_the_student_is_pruned_while_it_learns_from_a_teacher_of_another_tokeniz
     out = folder / "pruned"
     _in_process(command + ["--output-dir", str(out), "--distill-from", str(tiny_mpnet_dir), "--student-layers", "1",
                            "--set", "prune.during=distill", "--set", "prune.final_sparsity=0.6",
-                           "--stages", "distill,trim,export", "--export", "dynamic"], monkeypatch)
+                           "--set", "distill_train.eval_every=1", "--set", "distill_train.log_every=1", "--export", "dynamic"],
+                monkeypatch)
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["distill", "export", "evaluate", "release"]  # prune dropped
     record = _stage(out, "distill")
-    assert record["prune_config"]["during"] == "distill"
     assert record["pruned_layers"] and abs(record["pruned_sparsity"] - 0.6) < 0.02
     assert record["schedule"]["end_step"] <= record["schedule"]["total_steps"] == record["steps"]
+    assert record["best_step"] >= record["schedule"]["end_step"]  # evaluated every step; an earlier one never wins
+    logged = [json.loads(line) for line in (out / "distill" / "metrics.jsonl").read_text().splitlines()]
+    ramp = [row[key] for row in logged for key in row if key.endswith("prune/global_sparsity")]
+    assert len(ramp) > 1 and ramp[0] < ramp[-1]  # the hook drove the schedule while the student trained
     saved = prune.sparsity_report(loading.load_model(str(out / "distill" / "model"), task="sequence"))
     assert abs(saved["pruned"]["sparsity"] - 0.6) < 0.02  # the zeros are in the saved kernels
-    assert (out / "export" / "dynamic.tflite").is_file() and _stage(out, "trim")["input_model"].endswith("model")
+    assert (out / "export" / "dynamic.tflite").is_file()
+    assert _stage(out, "export")["input_model"] == str(out / "distill" / "model")
     with pytest.raises(SystemExit):
         _in_process(command + ["--output-dir", str(folder / "both"), "--distill-from", str(tiny_mpnet_dir),
                                "--set", "prune.during=distill", "--stages", "distill,prune"], monkeypatch)
@@ -383,6 +390,10 @@ def test_pruning_while_distilling_enters_the_distill_hash_only_when_on():
     assert first["distill"] != runner.stage_hashes(recipe.RecipeConfig(stages=["distill", "trim"]))["distill"]
     during.prune.final_sparsity = 0.7
     assert [n for n, h in runner.stage_hashes(during).items() if h != first[n]] == ["distill", "trim"]
+    during.distill_train.early_stopping_patience = 2
+    with pytest.raises(ConfigError, match="distill_train.early_stopping_patience=2 with prune.during='distill'"):
+        during.validate()
+    during.distill_train.early_stopping_patience = 0
     during.stages = ["finetune", "trim"]
     with pytest.raises(ConfigError, match="prune.during='distill': the distill stage prunes, and this chain has none"):
         during.validate()

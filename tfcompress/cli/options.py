@@ -1,5 +1,4 @@
-"""Recipe command lines: argument groups per stage, ``--set`` overrides, config from arguments.
-"""
+"""Recipe command lines: argument groups per stage, ``--set`` overrides, config from arguments."""
 from __future__ import annotations
 
 import argparse
@@ -35,8 +34,7 @@ def _export_modes(value: str) -> list[str]:
     modes = _csv_list(value)
     unknown = [mode for mode in modes if mode not in EXPORT_MODES]
     if unknown or not modes:
-        raise argparse.ArgumentTypeError(f"unknown export mode(s) {unknown or [value]}; choose from "
-                                         f"{','.join(EXPORT_MODES)}")
+        raise argparse.ArgumentTypeError(f"unknown export mode(s) {unknown or [value]}: use {','.join(EXPORT_MODES)}")
     return modes
 
 
@@ -341,6 +339,8 @@ def config_from_args(args: argparse.Namespace, defaults: RecipeConfig, files: di
         config.evaluate.latency_runs, config.evaluate.latency_warmup = 20, 3
     for assignment in args.set:
         apply_override(config, assignment)
+    if config.prune.during == "distill" and stages is None and not getattr(args, "stages", None):
+        config.stages = [s for s in config.stages if s != "prune"]  # default chain: the distill stage prunes
 
     # data files last: a bad override is reported before a missing file
     if files is not None:

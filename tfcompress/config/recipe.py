@@ -392,6 +392,10 @@ class RecipeConfig:
             why = ("the distill stage prunes; drop 'prune' from stages" if "prune" in self.stages
                    else "the distill stage prunes, and this chain has none")
             raise ConfigError(f"prune.during='distill': {why} (stages={self.stages!r})")
+        if self.prune.during == "distill" and self.distill_train.early_stopping_patience:
+            raise ConfigError(f"distill_train.early_stopping_patience={self.distill_train.early_stopping_patience} with "
+                              "prune.during='distill': stopping early could end training before the pruning schedule "
+                              "reaches its final sparsity; set it to 0")
         if "teacher" in self.stages and not self.teacher.model:
             raise ConfigError("teacher.model is empty (--teacher): the teacher stage needs a checkpoint to fine-tune")
         if "teacher" in self.stages and "distill" in self.stages and self.student.teacher:
