@@ -376,7 +376,7 @@ def _check_teacher_reads_context(cache_file, teacher_dir, train, words):
 
 
 def test_pruning_while_distilling_enters_the_distill_hash_only_when_on():
-    from tfcompress.config import recipe
+    from tfcompress.config import PruneConfig, recipe
     from tfcompress.errors import ConfigError
     from tfcompress.pipeline import runner
 
@@ -398,7 +398,7 @@ def test_pruning_while_distilling_enters_the_distill_hash_only_when_on():
     with pytest.raises(ConfigError, match="prune.during='distill': the distill stage prunes, and this chain has none"):
         during.validate()
     with pytest.raises(ConfigError, match="prune.during='finetune': must be one of"):
-        recipe.RecipeConfig(stages=["distill"]).prune.__class__(during="finetune")
+        PruneConfig(during="finetune")
 
 
 def test_the_teacher_stage_is_a_side_branch_of_the_hash_chain():

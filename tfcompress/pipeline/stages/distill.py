@@ -315,9 +315,9 @@ def distill_stage(context: Context) -> dict:
     transfer = _transfer_examples(context)
     augmented = _augmented_texts(context) + transfer  # unlabelled: the teacher's soft labels only
     train, evaluation = _training_data(context, augmented), context.encoded("eval")
-    pruning = config.prune.during == "distill"
+    pruning, steps = config.prune.during == "distill", total_steps(train, config.distill_train)
     if pruning:  # TFMOT wrappers on the student before the Distiller and the Trainer's checkpoint see it
-        prune.apply(student, config.prune, total_steps=total_steps(train, config.distill_train))
+        prune.apply(student, config.prune, total_steps=steps)
     distiller = distill.Distiller(teacher, student, config.distill, task=config.task, same_tokenizer=same)
     cache, logits_file = None, None
     # cross-tokenizer: logits, and per-word hidden states in a token task (attention maps refused)
@@ -339,7 +339,7 @@ def distill_stage(context: Context) -> dict:
     trainer = Trainer(distiller, config.task, config.distill_train, stage_dir, hooks=hooks,
                       loss_fn=distiller.loss_fn, label_names=context.label_names, stage="distill")
     result = trainer.fit(train, evaluation)
-    pruned = strip_pruning(distiller.student, config.prune, total_steps(train, config.distill_train)) if pruning else {}
+    pruned = strip_pruning(distiller.student, config.prune, steps) if pruning else {}
     if pruned:
         log.info("distill: pruned while distilling, sparsity %.3f of the pruned layers (%.3f of all weight matrices)",
                  pruned["pruned_sparsity"], pruned["global_sparsity"])
