@@ -613,7 +613,8 @@ def test_mixed_precision_reaches_the_training_stage_and_does_not_leak(tiny_run, 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tiny_tokenizer):
-    """One chain exporting fp32 and int16x8, gated against the fine-tuned model, releasing int16x8 only."""
+    """One chain exporting fp32, int16x8 and int4, gated against the fine-tuned model (any agreement),
+    releasing int16x8 and int4 only."""
     from tfcompress.cli import commands as cli
     from tfcompress.models.loading import save_model
 
@@ -626,8 +627,9 @@ def reference_run(tmp_path_factory, tiny_tokenizer):
         patch.setattr(sys, "argv", list(sys.argv))
         assert cli.main(["run", "custom_csv", "--smoke", "--model", str(folder / "tiny-model"), "--train-file",
                          str(csv), "--output-dir", str(out), "--batch-size", "4", "--stages",
-                         "finetune,export,evaluate,release", "--export", "fp32,int16x8", "--accuracy-budget", "100",
-                         "--set", "evaluate.reference=finetune", "--set", "release.artifacts=int16x8"]) == 0
+                         "finetune,export,evaluate,release", "--export", "fp32,int16x8,int4", "--accuracy-budget", "100",
+                         "--set", "evaluate.reference=finetune", "--set", "evaluate.min_agreement=0",
+                         "--set", "release.artifacts=int16x8,int4"]) == 0
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -636,6 +638,18 @@ def test_int16x8_goes_through_export_evaluate_and_release(reference_run):
     int16 = next(a for a in report["artifacts"] if a["name"] == "int16x8")
     assert int16["quantization"] == "int16x8" and int16["size_bytes"] > 0 and "agreement" in int16
     assert (out / "release" / "int16x8" / "model.tflite").is_file()
+
+
+def test_int4_goes_through_export_evaluate_and_release_with_its_weight_storage(reference_run):
+    """The int4 artifact's record and manifest say how its parameters are stored, as its file does."""
+    from tfcompress.export import int4
+
+    out, report = reference_run
+    record = next(a for a in report["artifacts"] if a["name"] == "int4")
+    stored = int4.weight_storage(out / "export" / "int4.tflite")
+    assert record["weights"] == stored and stored["int4"] > 10 * stored["float32"]
+    manifest = json.loads((out / "release" / "int4" / "manifest.json").read_text())
+    assert manifest["weights"] == stored and manifest["quantization"] == "int4"
 
 
 def test_reference_finetune_gates_every_artifact_against_the_fine_tuned_metric(reference_run):
@@ -649,8 +663,8 @@ def test_reference_finetune_gates_every_artifact_against_the_fine_tuned_metric(r
 def test_release_artifacts_releases_only_the_listed_ones(reference_run):
     out, report = reference_run
     release = next(s for s in report["stages"] if s["name"] == "release")
-    assert release["released"] == ["int16x8"]
-    assert sorted(p.name for p in (out / "release").iterdir() if p.is_dir()) == ["int16x8"]
+    assert release["released"] == ["int16x8", "int4"]
+    assert sorted(p.name for p in (out / "release").iterdir() if p.is_dir()) == ["int16x8", "int4"]
 
 
 def test_reference_finetune_without_a_finetune_stage_is_refused(reference_run, tmp_path, monkeypatch, capsys):

@@ -8,7 +8,7 @@ TASKS = ("sequence", "token")
 
 
 class ExportMode(str, enum.Enum):
-    """TFLite artifact kinds: float, half-float weights, int8 weights, full integer, int16 activations."""
+    """TFLite artifact kinds: float, half-float weights, int8 weights, full integer, int16 activations, int4 weights."""
 
     FP32 = "fp32"
     FP16 = "fp16"
@@ -16,12 +16,14 @@ class ExportMode(str, enum.Enum):
     INT8 = "int8"
     INT16X8 = "int16x8"
     INTEGER = "integer"  # mixed int8/int16, integer-only, by the LiteRT quantizer (export.litert_quantizer)
+    INT4 = "int4"  # int4 weights (matmuls, word embeddings), float activations, by the LiteRT quantizer (export.int4)
 
 
 EXPORT_MODES = tuple(mode.value for mode in ExportMode)
 MODEL_STAGES = ("finetune", "distill", "prune", "trim", "qat")  # stages that save a model for the next one
 STAGE_ORDER = ("teacher", "finetune", "distill", "prune", "trim", "qat", "export", "evaluate", "release")
 QUANTIZED_ACTIVATION_MODES = ("int8", "int16x8")  # the stock converter's calibrated modes
+LITERT_QUANTIZER_MODES = ("integer", "int4")  # made by the optional LiteRT quantizer (requirements-integer.txt)
 IO_TYPES = ("float", "int8")
 SIGNATURE_KEY = "serving_default"
 # release.tflite_metadata: "auto" packs MediaPipe metadata where the artifact fits and mediapipe is

@@ -6,8 +6,8 @@ import importlib.util
 import json
 from dataclasses import dataclass, field
 
-from tfcompress.config.constants import (DEFAULT_INT8_FLOAT_OPS, DEFAULT_INTEGER_INT8_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES, STAGE_ORDER,
-                                        TFLITE_METADATA_MODES)
+from tfcompress.config.constants import (DEFAULT_INT8_FLOAT_OPS, DEFAULT_INTEGER_INT8_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES,
+                                        LITERT_QUANTIZER_MODES, STAGE_ORDER, TFLITE_METADATA_MODES)
 from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, TrainConfig
 from tfcompress.utils import to_json
 from tfcompress.errors import ConfigError
@@ -137,7 +137,8 @@ class ExportStageConfig:
     Args:
         modes: any of ``fp32``, ``fp16``, ``dynamic``, ``int8`` (float islands by default), ``int16x8``,
             ``integer`` (mixed int8/int16, integer-only, by the LiteRT quantizer: ``pip install
-            -r requirements-integer.txt``; docs/integer.md).
+            -r requirements-integer.txt``; docs/integer.md), ``int4`` (int4 weights in the matmuls and
+            the word embeddings, float activations, by the same quantizer; ``tfcompress.export.int4``).
         seq_length: fixed sequence length of every artifact; 0 = the ``seq_percentile`` of the
             training lengths (capped at ``data.max_length``), stated in the export record.
         seq_percentile: percentile used when ``seq_length`` is 0.
@@ -167,10 +168,10 @@ class ExportStageConfig:
             -0.19 to +0.11 pt (benchmarks/RESULTS.md, 2026-11-30 19:12-19:47).
     """
 
-    # int16x8 and integer are opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer
+    # int16x8, integer and int4 are opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer
     # SST-2 model at seq 44: 180 ms per sentence against 3.6 ms for dynamic-range; RESULTS.md,
-    # 2026-11-25), and integer needs the optional LiteRT quantizer.
-    modes: list[str] = field(default_factory=lambda: [m for m in EXPORT_MODES if m not in ("int16x8", "integer")])
+    # 2026-11-25), and integer and int4 need the optional LiteRT quantizer.
+    modes: list[str] = field(default_factory=lambda: [m for m in EXPORT_MODES if m not in ("int16x8",) + LITERT_QUANTIZER_MODES])
     seq_length: int = 0
     seq_percentile: float = 99.0
     num_calibration: int = 200
@@ -204,8 +205,9 @@ class ExportStageConfig:
         if not all(isinstance(op, str) and op.isupper() for op in self.integer_int8_ops):
             raise ConfigError(f"export.integer_int8_ops={self.integer_int8_ops!r}: must be TFLite op type names "
                               "such as FULLY_CONNECTED")
-        if "integer" in self.modes and importlib.util.find_spec("ai_edge_quantizer") is None:
-            raise ConfigError("export.modes has 'integer', made by the LiteRT quantizer, which is not installed: "
+        needs = [mode for mode in self.modes if mode in LITERT_QUANTIZER_MODES]
+        if needs and importlib.util.find_spec("ai_edge_quantizer") is None:
+            raise ConfigError(f"export.modes has {needs}, made by the LiteRT quantizer, which is not installed: "
                               "pip install -r requirements-integer.txt")
 
 

@@ -1,9 +1,10 @@
-"""Graph rewrites before conversion: attention-mask floor (or gathered mask), explicit LayerNorm, outlier scaling
-(scale migration into the Dense kernels: :mod:`tfcompress.export.smoothing`).
+"""Graph rewrites before conversion: attention-mask floor (or gathered mask), explicit LayerNorm, outlier scaling,
+the word embeddings as EMBEDDING_LOOKUP (scale migration into the Dense kernels: :mod:`tfcompress.export.smoothing`).
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import numpy as np
 
@@ -316,6 +317,60 @@ def gathered_attention_mask(model, floor: float = DEFAULT_ATTENTION_MASK_FLOOR):
     def undo():
         restore_call(encoder, previous_encoder)
         restore_call(main, previous_main)
+
+    return undo
+
+
+def embedding_lookups(model):
+    """Trace the word-embedding lookup as TFLite's EMBEDDING_LOOKUP op instead of GATHER (undo callable).
+
+    HF's embeddings layers look the tokens up with ``tf.gather(self.weight, input_ids)``, which the
+    converter makes a GATHER; the LiteRT quantizer has no weight rule for GATHER, so the table (most of
+    a small encoder's weights) would stay float. Here the embeddings layer's ``call`` looks the flattened
+    ids up through a ``tf.function`` that implements ``"embedding_matmul"``, the composite the converter
+    fuses into EMBEDDING_LOOKUP, whose table the quantizer stores in int4 or int8; the layer then adds
+    the position (from the same ids, for RoBERTa and MPNet) and token-type embeddings as before. Same
+    float function; the position and token-type tables stay GATHERs (small).
+
+    Args:
+        model: HF TF encoder whose main layer has ``.embeddings`` with a ``weight`` table (BERT,
+            DistilBERT, RoBERTa, ELECTRA, MPNet).
+
+    Raises:
+        NotImplementedError: the model has no such embeddings layer.
+    """
+    prefix = getattr(model, "base_model_prefix", None)
+    layer = getattr(getattr(model, prefix, None), "embeddings", None) if prefix else None
+    table = getattr(layer, "weight", None)
+    if layer is None or table is None or len(table.shape) != 2:
+        raise NotImplementedError(f"{type(model).__name__}: no embeddings layer with a [vocab, hidden] weight "
+                                  f"at .{prefix}.embeddings")
+    previous, original = vars(layer).get("call"), layer.call
+    signature = inspect.signature(original)
+
+    @tf.function(experimental_implements="embedding_matmul", autograph=False, input_signature=[
+        tf.TensorSpec(table.shape, table.dtype), tf.TensorSpec([None], tf.int32)])
+    def lookup(params, ids):  # the converter replaces this body by EMBEDDING_LOOKUP(ids, params)
+        return tf.gather(params, ids)
+
+    def call(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        arguments = bound.arguments
+        input_ids = arguments.get("input_ids")
+        if input_ids is None or arguments.get("inputs_embeds") is not None:
+            return original(*args, **kwargs)
+        input_ids = tf.cast(input_ids, tf.int32)
+        if arguments.get("position_ids") is None and hasattr(layer, "create_position_ids_from_input_ids"):
+            arguments["position_ids"] = layer.create_position_ids_from_input_ids(input_ids=input_ids)
+        rows = lookup(tf.convert_to_tensor(table), tf.reshape(input_ids, [-1]))
+        arguments["inputs_embeds"] = tf.reshape(rows, tf.concat([tf.shape(input_ids), tf.shape(table)[1:]], 0))
+        arguments["input_ids"] = None
+        return original(*bound.args, **bound.kwargs)
+
+    layer.call = call
+
+    def undo():
+        restore_call(layer, previous)
 
     return undo
 

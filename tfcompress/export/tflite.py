@@ -38,6 +38,7 @@ from tfcompress.config.constants import (
     DEFAULT_ATTENTION_MASK_FLOOR,
     EXPORT_MODES,
     IO_TYPES,
+    LITERT_QUANTIZER_MODES,
     OUTPUT_NAME,
     QUANTIZED_ACTIVATION_MODES,
 )
@@ -91,9 +92,9 @@ class ExportConfig:
     def __post_init__(self):
         if self.mode not in EXPORT_MODES:
             raise ValueError(f"mode={self.mode!r} is not one of {EXPORT_MODES}")
-        if self.mode == "integer":
-            raise ValueError("mode='integer' is made by the LiteRT quantizer: "
-                             "tfcompress.export.litert_quantizer.to_integer_tflite")
+        if self.mode in LITERT_QUANTIZER_MODES:
+            maker = {"integer": "litert_quantizer.to_integer_tflite", "int4": "int4.to_int4_tflite"}[self.mode]
+            raise ValueError(f"mode={self.mode!r} is made by the LiteRT quantizer: tfcompress.export.{maker}")
         if not isinstance(self.seq_length, int) or self.seq_length < 2:
             raise ValueError(f"seq_length={self.seq_length!r}: must be an int >= 2 ([CLS] and [SEP])")
         if self.num_calibration < 1:

@@ -94,6 +94,8 @@ def evaluate_stage(context: Context) -> dict:
             record["document_context"] = artifact["document_context"]
         if artifact.get("case_segments"):  # and so must an app's segment ids
             record["case_segments"] = True
+        if artifact.get("weights"):  # the int4 artifact's parameters by storage type
+            record["weights"] = artifact["weights"]
         report.add_artifact(record)
         report.save()
         records.append(record)

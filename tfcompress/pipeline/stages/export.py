@@ -8,7 +8,7 @@ import time
 from tfcompress.compress import prune, qat_integer
 from tfcompress.errors import ConfigError
 from tfcompress.evaluate import integer, runtime
-from tfcompress.export import litert_quantizer, tflite
+from tfcompress.export import int4, litert_quantizer, tflite
 from tfcompress.pipeline.runner import Context, read_manifest, stage
 from tfcompress.pipeline.stages.qat import qat_model
 from tfcompress.utils import atomic_write_json, get_logger
@@ -86,6 +86,10 @@ def export_stage(context: Context) -> dict:
                                  outlier_percentile=cfg.integer_outlier_percentile or None,
                                  smooth_alpha=cfg.integer_smooth_alpha,  # smoothing.migrate_activation_scales
                                  qat_learned_ranges=len(learned or {}))  # the rest from calibration
+            continue
+        if mode == "int4":
+            finish(mode, mode, path, lambda path=path: int4.to_int4_tflite(model, seq_length, output_path=path))
+            artifacts[-1]["weights"] = int4.weight_storage(path)  # parameters by storage type
             continue
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: tflite.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,

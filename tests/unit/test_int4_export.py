@@ -1,0 +1,93 @@
+"""The ``int4`` export: word embeddings traced as EMBEDDING_LOOKUP, int4 weights by the LiteRT quantizer, verified."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import build_tiny_model, seeded_weights
+from tfcompress._compat import tf
+from tfcompress.evaluate import runtime
+from tfcompress.export import int4, rewrites, tflite
+from tfcompress.models.facts import model_input_names
+from test_export import SEQ_LENGTH, _features
+
+
+def _inputs(model, features):
+    return {name: features[name] for name in model_input_names(model)}
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "mpnet", "distilbert"])
+def test_the_lookup_rewrite_gives_embedding_lookup_and_the_same_float_function(model_type):
+    """RoBERTa and MPNet take their position ids from the token ids (padding at the pad id's position):
+    the rewrite must keep them, so the float graph matches Keras on padded rows too."""
+    model = seeded_weights(build_tiny_model("sequence", model_type), seed=3)
+    features = _features(6, seed=4, width=SEQ_LENGTH)
+    if model_type == "roberta":  # its pad id is 1
+        features["input_ids"] = np.where(features["attention_mask"] == 1, features["input_ids"], 1).astype(np.int32)
+    layer = getattr(model, model.base_model_prefix).embeddings
+    undo = rewrites.embedding_lookups(model)
+    try:
+        concrete = tflite.serving_function(model, SEQ_LENGTH)
+    finally:
+        undo()
+    assert "call" not in vars(layer)  # the layer's own call is back
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    content = tflite.convert(converter)
+    assert "EMBEDDING_LOOKUP" in runtime.op_names(content)
+    keras = model(_inputs(model, features), training=False).logits.numpy()
+    lite = runtime.TFLiteModel(content).predict(features)
+    np.testing.assert_allclose(lite, keras, atol=1e-5)
+
+
+def test_int4_export_stores_matmuls_and_word_embeddings_in_four_bits(tmp_path):
+    model = seeded_weights(build_tiny_model("sequence"), seed=5)
+    path = tmp_path / "int4.tflite"
+    int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path)
+    graph_ops = runtime.op_names(path)
+    assert "EMBEDDING_LOOKUP" in graph_ops and graph_ops.count("FULLY_CONNECTED") >= 12
+    storage = int4.weight_storage(path)
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    assert storage["int4"] >= vocab * hidden + 2 * (4 * hidden * hidden + 2 * hidden * 64)  # table + both layers
+    assert storage["float32"] < storage["int4"] / 10  # biases, LayerNorm, small tables
+    features = _features(8, seed=6, width=SEQ_LENGTH)
+    keras = model(_inputs(model, features), training=False).logits.numpy()
+    dynamic = runtime.TFLiteModel(tflite.to_tflite(model, "dynamic", SEQ_LENGTH)).predict(features)
+    four = runtime.TFLiteModel(path).predict(features)
+    # int4 steps are 16x int8's: further from Keras than dynamic-range, yet the same function
+    assert np.abs(dynamic - keras).max() < np.abs(four - keras).max() < 0.5 * np.abs(keras).max()
+    assert np.corrcoef(four.ravel(), keras.ravel())[0, 1] > 0.9
+
+
+def test_int4_export_refuses_a_float_word_embedding_table_and_writes_nothing(tmp_path, monkeypatch):
+    """Without the lookup rewrite the table is a GATHER the quantizer leaves float: refused, nothing written."""
+    model = build_tiny_model("sequence")
+    monkeypatch.setattr(int4, "embedding_lookups", lambda model: (lambda: None))
+    path = tmp_path / "int4.tflite"
+    with pytest.raises(int4.Int4ExportError, match="no EMBEDDING_LOOKUP: the word embeddings are still a GATHER"):
+        int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_lookup_rewrite_names_a_model_without_an_embeddings_table():
+    class Plain:
+        base_model_prefix = "bert"
+        bert = object()
+
+    with pytest.raises(NotImplementedError, match=r"Plain: no embeddings layer .* at \.bert\.embeddings"):
+        rewrites.embedding_lookups(Plain())
+
+
+def test_int4_mode_is_opt_in_made_by_the_quantizer_and_needs_it(monkeypatch):
+    import importlib.util
+
+    from tfcompress.config.recipe import ExportStageConfig
+    from tfcompress.errors import ConfigError
+
+    assert "int4" not in ExportStageConfig().modes
+    with pytest.raises(ValueError, match="to_int4_tflite"):
+        tflite.ExportConfig(mode="int4")
+    ExportStageConfig(modes=["dynamic", "int4"]).validate()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_quantizer" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"\['int4'\], made by the LiteRT quantizer.*requirements-integer.txt"):
+        ExportStageConfig(modes=["dynamic", "int4"]).validate()

@@ -1,0 +1,120 @@
+"""The ``int4`` export: int4 weights in the matmuls and the word-embedding table, float activations.
+
+The stock converter's ``dynamic`` artifact stores int8 weights. Google's LiteRT quantizer (PyPI
+``ai-edge-quantizer``, ``pip install -r requirements-integer.txt``) stores them in int4, symmetric per
+channel, with its dynamic recipe (``dynamic_wi4_afp32``): activations stay float and are quantized on
+the fly by the kernels, as in ``dynamic``. For the file to shrink, the word-embedding table (half of
+MiniLM-L6's 22.7 M weights) must be int4 too: the converter makes HF's lookup a GATHER, which the
+quantizer leaves float, so the model is traced through :func:`tfcompress.export.rewrites.embedding_lookups`
+and the converter emits EMBEDDING_LOOKUP, whose table the recipe quantizes. The position and
+token-type tables, biases and LayerNorm stay float (small).
+
+The result is checked from its graph before anything is written: an EMBEDDING_LOOKUP with an int4
+table and no FULLY_CONNECTED with a float kernel, or :class:`Int4ExportError` naming what stayed float.
+
+Example:
+    >>> content = to_int4_tflite(model, seq_length=64, output_path="out/export/int4.tflite")
+    >>> weight_storage(content)  # {"int4": 11_900_000, "float32": 210_000}
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+from tfcompress._compat import tf
+from tfcompress.errors import ArtifactError
+from tfcompress.evaluate.integer import read_graph
+from tfcompress.export.rewrites import embedding_lookups
+from tfcompress.export.tflite import check_builtin_only, convert, serving_function
+from tfcompress.models.facts import model_input_names
+from tfcompress.utils import atomic_write_bytes, get_logger
+
+log = get_logger("export")
+WEIGHT_OPS = ("FULLY_CONNECTED", "EMBEDDING_LOOKUP")  # the ops whose constant operand the recipe quantizes
+
+
+class Int4ExportError(ArtifactError, RuntimeError):
+    """The quantized graph kept a matmul kernel or the word-embedding table in float (named in the message)."""
+
+
+def weight_storage(model) -> dict[str, int]:
+    """Parameters of a ``.tflite`` (path or bytes) by storage type: ``{"int4": n, "int8": n, "float32": n}``.
+
+    Every constant tensor an op reads counts once (biases, LayerNorm, the position table...), so the
+    ``int4`` share is the share of the weights stored in four bits.
+    """
+    graph = read_graph(model)
+    seen, counts = set(), Counter()
+    for op in graph["ops"]:
+        for tensor in op["inputs"]:
+            if tensor["constant"] and tensor["index"] not in seen:
+                seen.add(tensor["index"])
+                counts[tensor["dtype"]] += int(np.prod(tensor["shape"])) if tensor["shape"] else 1
+    return dict(counts)
+
+
+def _float_weights(content: bytes) -> list[str]:
+    """The weight ops whose table or kernel stayed float (``"OP tensor-name"``), and a missing lookup."""
+    ops = read_graph(content)["ops"]
+    left = []
+    for op in ops:
+        if op["op"] not in WEIGHT_OPS:
+            continue
+        weight = op["inputs"][1] if len(op["inputs"]) > 1 else None  # FC: (input, kernel); lookup: (ids, table)
+        if weight is not None and weight["constant"] and weight["dtype"] != "int4":
+            left.append(f"{op['op']} {weight['name']} ({weight['dtype']}, {weight['shape']})")
+    if not any(op["op"] == "EMBEDDING_LOOKUP" for op in ops):
+        left.append("no EMBEDDING_LOOKUP: the word embeddings are still a GATHER")
+    return left
+
+
+def quantize_weights(float_content: bytes) -> bytes:
+    """Apply the LiteRT quantizer's ``dynamic_wi4_afp32`` recipe to a float ``.tflite``; verify the result."""
+    from ai_edge_quantizer import quantizer, recipe  # optional dependency (requirements-integer.txt)
+
+    engine = quantizer.Quantizer(bytearray(float_content))
+    engine.load_quantization_recipe(recipe.dynamic_wi4_afp32())
+    content = bytes(engine.quantize(enable_progress_report=False).quantized_model)
+    left = _float_weights(content)
+    if left:
+        raise Int4ExportError(f"the int4 recipe left {len(left)} weight(s) outside int4: " + "; ".join(left[:10]))
+    return content
+
+
+def to_int4_tflite(model, seq_length: int = 128, input_names: Sequence[str] | None = None,
+                   output_path=None, allow_flex_ops: bool = False) -> bytes:
+    """Export ``model`` with int4 weights (matmul kernels and word embeddings) and float activations.
+
+    Args:
+        model: a built HF TF encoder (strip pruning wrappers first).
+        seq_length: fixed sequence length of the signature.
+        input_names: override the signature inputs.
+        output_path: if given, the bytes are written there atomically (only once verified).
+        allow_flex_ops: permit SELECT_TF_OPS (artifacts then need the flex delegate).
+
+    Returns:
+        The flatbuffer bytes.
+
+    Raises:
+        Int4ExportError: a kernel or the word-embedding table stayed float; nothing is written.
+        NotImplementedError: the model has no embeddings layer the lookup rewrite knows.
+    """
+    names = list(input_names or model_input_names(model))
+    undo = embedding_lookups(model)
+    try:
+        concrete = serving_function(model, seq_length, names)
+    finally:
+        undo()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] + (
+        [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex_ops else [])
+    content = quantize_weights(convert(converter))
+    check_builtin_only(content, allow_flex_ops=allow_flex_ops)
+    if output_path is not None:
+        atomic_write_bytes(output_path, content)
+        storage = weight_storage(content)
+        log.info("wrote %s (int4 weights: %.1f M of %.1f M parameters; seq %d, %.1f MB)", output_path,
+                 storage.get("int4", 0) / 1e6, sum(storage.values()) / 1e6, seq_length, len(content) / 1e6)
+    return content
