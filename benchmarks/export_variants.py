@@ -4,7 +4,8 @@
 Stock path = what a user writes by hand: ``TFLiteConverter`` on the model's serving function at a
 fixed length, dynamic-range, and full-int8 with a representative dataset (no graph changes).
 tfcompress = the same converter on the quantization-friendly graph (clipped attention mask,
-explicit LayerNorm), fp16, int16x8, and int8 with the LayerNorm/residual ops kept in float.
+explicit LayerNorm), fp16, int16x8, int8 with the LayerNorm/residual ops kept in float, and int4
+weights by the LiteRT quantizer.
 Every artifact runs with ai-edge-litert on the full test split; accuracy, agreement with the
 Keras model, size raw/gzip and batch-1 latency p50/p90 at 1 and 2 threads (after warm-up).
 
@@ -28,6 +29,7 @@ from tfcompress.data import readers
 from tfcompress.config import constants
 from tfcompress.evaluate import gate
 from tfcompress.evaluate import metrics
+from tfcompress.export import int4
 from tfcompress.export import rewrites
 from tfcompress.export import tflite
 from tfcompress.models import facts
@@ -75,6 +77,8 @@ VARIANTS = {
     # all-integer with the scaling applied by hand (to_tflite applies it only with a float residual path)
     "int8-outliers-by-hand": ("int8", {"scale_outliers_by_hand": 90.0}, "tfcompress"),
     "int16x8": ("int16x8", {}, "tfcompress"),
+    # int4 weights in the matmuls and the word embeddings (EMBEDDING_LOOKUP), by the LiteRT quantizer
+    "int4": ("int4", {}, "tfcompress"),
 }
 
 
@@ -89,8 +93,11 @@ def convert(model, name: str, path, seq_length: int, calibration, num_calibratio
                                                   num_calibration)
         undo = rewrites.scale_outlier_channels(model, samples, percentile)
     try:
-        tflite.to_tflite(model, mode, seq_length=seq_length, representative=calibration,
-                         num_calibration=num_calibration, output_path=path, **kwargs)
+        if mode == "int4":
+            int4.to_int4_tflite(model, seq_length, output_path=path)
+        else:
+            tflite.to_tflite(model, mode, seq_length=seq_length, representative=calibration,
+                             num_calibration=num_calibration, output_path=path, **kwargs)
     finally:
         undo()
     return mode
@@ -105,6 +112,7 @@ def main(argv=None):
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--latency-runs", type=int, default=100)
     parser.add_argument("--max-test-samples", type=int, default=0)
+    parser.add_argument("--test-file", default="test.tsv", help="scored file in --data-dir (default: %(default)s)")
     parser.add_argument("--save-dir", default=None,
                         help="keep the artifacts here as <variant>.tflite (default: a temporary folder), e.g. to "
                              "time them again with `tfcompress bench --rounds`")
@@ -114,7 +122,7 @@ def main(argv=None):
     model = loading.load_model(args.model)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     train = readers.read_text_classification(data_dir / "train.tsv", label_names=label_names)
-    test = readers.read_text_classification(data_dir / "test.tsv", label_names=label_names)
+    test = readers.read_text_classification(data_dir / args.test_file, label_names=label_names)
     if args.max_test_samples:
         test = readers.TextClassificationExamples(test.texts[:args.max_test_samples],
                                                       test.labels[:args.max_test_samples], label_names, "head")
@@ -168,7 +176,7 @@ def main(argv=None):
                      f"{row['agreement']:.4f} | {row['size_bytes'] / 1e6:.1f} | {row['gzip_bytes'] / 1e6:.1f} | "
                      f"{row['latency_ms']['threads1']['p50']:.2f} | {row['latency_ms']['threads2']['p50']:.2f} | {ratio:.2f} |")
     lines.append("")
-    lines.append(f"Model: `{args.model}`; {len(test_data)} test sentences at seq {args.seq_length}; "
+    lines.append(f"Model: `{args.model}`; {len(test_data)} sentences of {args.test_file} at seq {args.seq_length}; "
                  f"{args.num_calibration} calibration sentences from train.tsv.")
     write_results("export_variants", "python benchmarks/export_variants.py " + " ".join(sys.argv[1:]),
                   {"keras": keras_metrics, "artifacts": rows, "settings": vars(args)}, lines)
