@@ -113,6 +113,7 @@ def main(argv=None):
     parser.add_argument("--latency-runs", type=int, default=100)
     parser.add_argument("--max-test-samples", type=int, default=0)
     parser.add_argument("--test-file", default="test.tsv", help="scored file in --data-dir (default: %(default)s)")
+    parser.add_argument("--name", default="export_variants", help="results/<name>.json (default: %(default)s)")
     parser.add_argument("--save-dir", default=None,
                         help="keep the artifacts here as <variant>.tflite (default: a temporary folder), e.g. to "
                              "time them again with `tfcompress bench --rounds`")
@@ -178,7 +179,7 @@ def main(argv=None):
     lines.append("")
     lines.append(f"Model: `{args.model}`; {len(test_data)} sentences of {args.test_file} at seq {args.seq_length}; "
                  f"{args.num_calibration} calibration sentences from train.tsv.")
-    write_results("export_variants", "python benchmarks/export_variants.py " + " ".join(sys.argv[1:]),
+    write_results(args.name, "python benchmarks/export_variants.py " + " ".join(sys.argv[1:]),
                   {"keras": keras_metrics, "artifacts": rows, "settings": vars(args)}, lines)
     (HERE / "results" / "export_variants.partial.json").unlink(missing_ok=True)  # the run finished
     print("\n".join(lines))
