@@ -77,8 +77,12 @@ VARIANTS = {
     # all-integer with the scaling applied by hand (to_tflite applies it only with a float residual path)
     "int8-outliers-by-hand": ("int8", {"scale_outliers_by_hand": 90.0}, "tfcompress"),
     "int16x8": ("int16x8", {}, "tfcompress"),
-    # int4 weights in the matmuls and the word embeddings (EMBEDDING_LOOKUP), by the LiteRT quantizer
+    # int4 weights in the matmuls and the word embeddings (EMBEDDING_LOOKUP), by the LiteRT quantizer: one
+    # scale per 128 input weights (the default), per output channel, per 32 or 64
     "int4": ("int4", {}, "tfcompress"),
+    "int4-channel": ("int4", {"block_size": 0}, "tfcompress"),
+    "int4-block32": ("int4", {"block_size": 32}, "tfcompress"),
+    "int4-block64": ("int4", {"block_size": 64}, "tfcompress"),
 }
 
 
@@ -94,7 +98,7 @@ def convert(model, name: str, path, seq_length: int, calibration, num_calibratio
         undo = rewrites.scale_outlier_channels(model, samples, percentile)
     try:
         if mode == "int4":
-            int4.to_int4_tflite(model, seq_length, output_path=path)
+            int4.to_int4_tflite(model, seq_length, output_path=path, **kwargs)
         else:
             tflite.to_tflite(model, mode, seq_length=seq_length, representative=calibration,
                              num_calibration=num_calibration, output_path=path, **kwargs)

@@ -138,7 +138,7 @@ def release_bundle(artifact_path, release_dir, tokenizer, label_names: Sequence[
     if record is not None:
         for key in ("name", "quantization", "seq_length", "sparsity", "metrics", "agreement",
                     "latency_ms", "float_ops", "integer_only", "integer_check", "passed", "document_context",
-                    "case_segments", "weights"):
+                    "case_segments", "weights", "int4_block_size"):
             if key in record:
                 manifest[key] = record[key]
     manifest["clients"] = {"litert": {

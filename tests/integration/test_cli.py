@@ -65,7 +65,7 @@ def train_csv(tmp_path):
 @pytest.mark.parametrize("arguments, named", [
     (["prune", "--prune-sparsity", "lots"], "--prune-sparsity"),
     (["prune", "--prune-structure", "3:4"], "--prune-structure"),
-    (["export", "--export", "fp32,int4"], "--export"),
+    (["export", "--export", "fp32,int3"], "--export"),
     (["finetune", "--no-such-flag"], "--no-such-flag"),
 ])
 def test_bad_flag_exits_2_naming_it(arguments, named, train_csv, capsys):
@@ -81,7 +81,7 @@ def test_bad_flag_exits_2_naming_it(arguments, named, train_csv, capsys):
     ("nope.field=1", "nope"),
     ("prune_train.epochs=0", "prune_train.epochs"),
     ("train.batch_size=big", "train.batch_size"),
-    ("export.modes=fp32,int4", "export.modes"),
+    ("export.modes=fp32,int3", "export.modes"),
     ("evaluate.accuracy_budget=-1", "evaluate.accuracy_budget"),
     ("export.int8_outlier_percentile=150", "export.int8_outlier_percentile"),
     ("distill.alpha=2", "alpha"),

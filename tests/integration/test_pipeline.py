@@ -629,7 +629,7 @@ def reference_run(tmp_path_factory, tiny_tokenizer):
                          str(csv), "--output-dir", str(out), "--batch-size", "4", "--stages",
                          "finetune,export,evaluate,release", "--export", "fp32,int16x8,int4", "--accuracy-budget", "100",
                          "--set", "evaluate.reference=finetune", "--set", "evaluate.min_agreement=0",
-                         "--set", "release.artifacts=int16x8,int4"]) == 0
+                         "--set", "release.artifacts=int16x8,int4", "--set", "export.int4_block_size=32"]) == 0
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -650,6 +650,7 @@ def test_int4_goes_through_export_evaluate_and_release_with_its_weight_storage(r
     assert record["weights"] == stored and stored["int4"] > 10 * stored["float32"]
     manifest = json.loads((out / "release" / "int4" / "manifest.json").read_text())
     assert manifest["weights"] == stored and manifest["quantization"] == "int4"
+    assert record["int4_block_size"] == manifest["int4_block_size"] == 32
 
 
 def test_reference_finetune_gates_every_artifact_against_the_fine_tuned_metric(reference_run):

@@ -269,7 +269,7 @@ def test_outlier_channel_scaling_applies_only_with_a_float_residual_path():
 
 def test_export_config_names_bad_field():
     with pytest.raises(ValueError, match="mode="):
-        tflite.ExportConfig(mode="int4")
+        tflite.ExportConfig(mode="int3")
     with pytest.raises(ValueError, match="io_type"):
         tflite.ExportConfig(mode="dynamic", io_type="int8")
     with pytest.raises(ValueError, match="attention_mask_floor"):

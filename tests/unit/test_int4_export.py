@@ -39,10 +39,11 @@ def test_the_lookup_rewrite_gives_embedding_lookup_and_the_same_float_function(m
     np.testing.assert_allclose(lite, keras, atol=1e-5)
 
 
-def test_int4_export_stores_matmuls_and_word_embeddings_in_four_bits(tmp_path):
+@pytest.mark.parametrize("block_size", [0, 32])
+def test_int4_export_stores_matmuls_and_word_embeddings_in_four_bits(tmp_path, block_size):
     model = seeded_weights(build_tiny_model("sequence"), seed=5)
     path = tmp_path / "int4.tflite"
-    int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path)
+    int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path, block_size=block_size)
     graph_ops = runtime.op_names(path)
     assert "EMBEDDING_LOOKUP" in graph_ops and graph_ops.count("FULLY_CONNECTED") >= 12
     storage = int4.weight_storage(path)
@@ -64,8 +65,33 @@ def test_int4_export_refuses_a_float_word_embedding_table_and_writes_nothing(tmp
     monkeypatch.setattr(int4, "embedding_lookups", lambda model: (lambda: None))
     path = tmp_path / "int4.tflite"
     with pytest.raises(int4.Int4ExportError, match="no EMBEDDING_LOOKUP: the word embeddings are still a GATHER"):
-        int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path)
+        int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path, block_size=0)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_block_size_the_model_widths_do_not_take_is_refused_naming_the_field(tmp_path):
+    from tfcompress.errors import ConfigError
+
+    model = build_tiny_model("sequence")  # hidden 32, intermediate 64
+    path = tmp_path / "int4.tflite"
+    with pytest.raises(ConfigError, match=r"export.int4_block_size=128: .* width \[32, 64\] .* divisor of 32"):
+        int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path, block_size=128)
+    with pytest.raises(ConfigError, match=r"export.int4_block_size=100: must be one of \[0, 32, 64, 128, 256\]"):
+        int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path, block_size=100)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_block_size_enters_the_export_hash_only_with_an_int4_artifact():
+    from tfcompress.config.recipe import RecipeConfig
+    from tfcompress.pipeline.runner import stage_config
+
+    plain = RecipeConfig()
+    assert "int4_block_size" not in stage_config(plain, "export")["export"]
+    with_int4 = RecipeConfig()
+    with_int4.export.modes = ["dynamic", "int4"]
+    other = RecipeConfig()
+    other.export.modes, other.export.int4_block_size = ["dynamic", "int4"], 0
+    assert stage_config(with_int4, "export") != stage_config(other, "export")
 
 
 def test_the_lookup_rewrite_names_a_model_without_an_embeddings_table():
@@ -87,6 +113,8 @@ def test_int4_mode_is_opt_in_made_by_the_quantizer_and_needs_it(monkeypatch):
     with pytest.raises(ValueError, match="to_int4_tflite"):
         tflite.ExportConfig(mode="int4")
     ExportStageConfig(modes=["dynamic", "int4"]).validate()
+    with pytest.raises(ConfigError, match="export.int4_block_size=48"):
+        ExportStageConfig(modes=["int4"], int4_block_size=48).validate()
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_quantizer" else real(name, *a))
     with pytest.raises(ConfigError, match=r"\['int4'\], made by the LiteRT quantizer.*requirements-integer.txt"):

@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass, field
 
 from tfcompress.config.constants import (DEFAULT_INT8_FLOAT_OPS, DEFAULT_INTEGER_INT8_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES,
-                                        LITERT_QUANTIZER_MODES, STAGE_ORDER, TFLITE_METADATA_MODES)
+                                        DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES, LITERT_QUANTIZER_MODES, STAGE_ORDER,
+                                        TFLITE_METADATA_MODES)
 from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, TrainConfig
 from tfcompress.utils import to_json
 from tfcompress.errors import ConfigError
@@ -166,6 +167,8 @@ class ExportStageConfig:
             function, one int16 MUL on each residual read). None = off, the default: on three SST-2
             students (alpha 0.75) validation agreement +2 to +11 of 6,735 sentences, test accuracy
             -0.19 to +0.11 pt (benchmarks/RESULTS.md, 2026-11-30 19:12-19:47).
+        int4_block_size: the ``int4`` artifact's weights per scale along each kernel's input (32, 64, 128,
+            256; must divide the hidden and intermediate widths), or 0 for one scale per output channel.
     """
 
     # int16x8, integer and int4 are opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer
@@ -181,6 +184,7 @@ class ExportStageConfig:
     integer_int8_ops: list[str] = field(default_factory=lambda: list(DEFAULT_INTEGER_INT8_OPS))
     integer_outlier_percentile: float = DEFAULT_OUTLIER_PERCENTILE
     integer_smooth_alpha: float | None = None
+    int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE
 
     def validate(self) -> None:
         unknown = [mode for mode in self.modes if mode not in EXPORT_MODES]
@@ -205,6 +209,9 @@ class ExportStageConfig:
         if not all(isinstance(op, str) and op.isupper() for op in self.integer_int8_ops):
             raise ConfigError(f"export.integer_int8_ops={self.integer_int8_ops!r}: must be TFLite op type names "
                               "such as FULLY_CONNECTED")
+        if self.int4_block_size not in INT4_BLOCK_SIZES:
+            raise ConfigError(f"export.int4_block_size={self.int4_block_size!r}: must be one of {list(INT4_BLOCK_SIZES)} "
+                              "(0: one scale per output channel)")
         needs = [mode for mode in self.modes if mode in LITERT_QUANTIZER_MODES]
         if needs and importlib.util.find_spec("ai_edge_quantizer") is None:
             raise ConfigError(f"export.modes has {needs}, made by the LiteRT quantizer, which is not installed: "

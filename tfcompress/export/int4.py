@@ -1,9 +1,12 @@
 """The ``int4`` export: int4 weights in the matmuls and the word-embedding table, float activations.
 
 The stock converter's ``dynamic`` artifact stores int8 weights. Google's LiteRT quantizer (PyPI
-``ai-edge-quantizer``, ``pip install -r requirements-integer.txt``) stores them in int4, symmetric per
-channel, with its dynamic recipe (``dynamic_wi4_afp32``): activations stay float and are quantized on
-the fly by the kernels, as in ``dynamic``. For the file to shrink, the word-embedding table (half of
+``ai-edge-quantizer``, ``pip install -r requirements-integer.txt``) stores them in int4, symmetric, with
+one scale per block of ``block_size`` input weights (its ``dynamic_wi4b*`` recipes; 0 = one per output
+channel, ``dynamic_wi4c``): activations stay float and are quantized on the fly by the kernels, as in
+``dynamic``. On the 6-layer SST-2 student (2,693 test sentences, seq 44; benchmarks/RESULTS.md,
+2026-12-02) blocks of 128 kept its Keras accuracy (0.9142 vs 0.9138) where per-channel scales lost
+0.55 pt, for 6 % more gzip and latency; blocks of 32 cost 20 % more gzip and 38 % more time. For the file to shrink, the word-embedding table (half of
 MiniLM-L6's 22.7 M weights) must be int4 too: the converter makes HF's lookup a GATHER, which the
 quantizer leaves float, so the model is traced through :func:`tfcompress.export.rewrites.embedding_lookups`
 and the converter emits EMBEDDING_LOOKUP, whose table the recipe quantizes. The position and
@@ -24,7 +27,8 @@ from typing import Sequence
 import numpy as np
 
 from tfcompress._compat import tf
-from tfcompress.errors import ArtifactError
+from tfcompress.config.constants import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES
+from tfcompress.errors import ArtifactError, ConfigError
 from tfcompress.evaluate.integer import read_graph
 from tfcompress.export.rewrites import embedding_lookups
 from tfcompress.export.tflite import check_builtin_only, convert, serving_function
@@ -70,12 +74,43 @@ def _float_weights(content: bytes) -> list[str]:
     return left
 
 
-def quantize_weights(float_content: bytes) -> bytes:
-    """Apply the LiteRT quantizer's ``dynamic_wi4_afp32`` recipe to a float ``.tflite``; verify the result."""
-    from ai_edge_quantizer import quantizer, recipe  # optional dependency (requirements-integer.txt)
+def int4_recipe(block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> list[dict]:
+    """The LiteRT quantizer's dynamic int4 recipe with one scale per ``block_size`` weights (0: per channel)."""
+    from ai_edge_quantizer import recipe  # optional dependency (requirements-integer.txt)
 
+    if block_size not in INT4_BLOCK_SIZES:
+        raise ConfigError(f"export.int4_block_size={block_size!r}: must be one of {list(INT4_BLOCK_SIZES)} "
+                          "(0: one scale per output channel)")
+    rules = recipe.dynamic_wi4c_afp32()
+    if block_size:
+        for rule in rules:
+            rule["op_config"]["weight_tensor_config"]["granularity"] = f"BLOCKWISE_{block_size}"
+    return rules
+
+
+def check_block_size(float_content: bytes, block_size: int) -> None:
+    """Every kernel's input width and the word-embedding width must be a multiple of ``block_size``."""
+    if not block_size:
+        return
+    odd = set()
+    for op in read_graph(float_content)["ops"]:
+        weight = op["inputs"][1] if op["op"] in WEIGHT_OPS and len(op["inputs"]) > 1 else None
+        if weight is not None and weight["constant"] and weight["shape"][-1] % block_size:
+            odd.add(weight["shape"][-1])
+    if odd:
+        raise ConfigError(f"export.int4_block_size={block_size}: the model's weight rows of width {sorted(odd)} are "
+                          f"not a multiple of it; use a divisor of {min(odd)} among {list(INT4_BLOCK_SIZES)}, "
+                          "or 0 for one scale per channel")
+
+
+def quantize_weights(float_content: bytes, block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> bytes:
+    """Apply the LiteRT quantizer's dynamic int4 recipe to a float ``.tflite``; verify the result."""
+    from ai_edge_quantizer import quantizer  # optional dependency (requirements-integer.txt)
+
+    rules = int4_recipe(block_size)
+    check_block_size(float_content, block_size)
     engine = quantizer.Quantizer(bytearray(float_content))
-    engine.load_quantization_recipe(recipe.dynamic_wi4_afp32())
+    engine.load_quantization_recipe(rules)
     content = bytes(engine.quantize(enable_progress_report=False).quantized_model)
     left = _float_weights(content)
     if left:
@@ -84,7 +119,8 @@ def quantize_weights(float_content: bytes) -> bytes:
 
 
 def to_int4_tflite(model, seq_length: int = 128, input_names: Sequence[str] | None = None,
-                   output_path=None, allow_flex_ops: bool = False) -> bytes:
+                   output_path=None, allow_flex_ops: bool = False,
+                   block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> bytes:
     """Export ``model`` with int4 weights (matmul kernels and word embeddings) and float activations.
 
     Args:
@@ -93,12 +129,15 @@ def to_int4_tflite(model, seq_length: int = 128, input_names: Sequence[str] | No
         input_names: override the signature inputs.
         output_path: if given, the bytes are written there atomically (only once verified).
         allow_flex_ops: permit SELECT_TF_OPS (artifacts then need the flex delegate).
+        block_size: weights per int4 scale along each kernel's input (32, 64, 128, 256; a divisor of
+            the hidden and intermediate widths), or 0 for one scale per output channel.
 
     Returns:
         The flatbuffer bytes.
 
     Raises:
         Int4ExportError: a kernel or the word-embedding table stayed float; nothing is written.
+        ConfigError: a block size that is not one of those, or does not divide the model's widths.
         NotImplementedError: the model has no embeddings layer the lookup rewrite knows.
     """
     names = list(input_names or model_input_names(model))
@@ -110,11 +149,12 @@ def to_int4_tflite(model, seq_length: int = 128, input_names: Sequence[str] | No
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] + (
         [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex_ops else [])
-    content = quantize_weights(convert(converter))
+    content = quantize_weights(convert(converter), block_size)
     check_builtin_only(content, allow_flex_ops=allow_flex_ops)
     if output_path is not None:
         atomic_write_bytes(output_path, content)
         storage = weight_storage(content)
-        log.info("wrote %s (int4 weights: %.1f M of %.1f M parameters; seq %d, %.1f MB)", output_path,
-                 storage.get("int4", 0) / 1e6, sum(storage.values()) / 1e6, seq_length, len(content) / 1e6)
+        log.info("wrote %s (int4 weights, %s: %.1f M of %.1f M parameters; seq %d, %.1f MB)", output_path,
+                 f"blocks of {block_size}" if block_size else "per channel", storage.get("int4", 0) / 1e6,
+                 sum(storage.values()) / 1e6, seq_length, len(content) / 1e6)
     return content

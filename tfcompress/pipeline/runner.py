@@ -106,6 +106,8 @@ def stage_config(config: RecipeConfig, name: str) -> dict:
         base[section] = dataclasses.asdict(getattr(config, section))
     if base.get("prune", {}).get("during") == "prune":  # the default: older run folders keep their hashes
         del base["prune"]["during"]
+    if "export" in base and "int4" not in config.export.modes:  # only the int4 artifact depends on it
+        del base["export"]["int4_block_size"]
     if name in ("finetune", "distill"):  # distill: a student from --model gets a new head too
         base["pooling"] = loading.resolve_pooling(config.pooling, config.model, config.task)  # the head actually built
     return base

@@ -94,8 +94,9 @@ def evaluate_stage(context: Context) -> dict:
             record["document_context"] = artifact["document_context"]
         if artifact.get("case_segments"):  # and so must an app's segment ids
             record["case_segments"] = True
-        if artifact.get("weights"):  # the int4 artifact's parameters by storage type
-            record["weights"] = artifact["weights"]
+        for key in ("weights", "int4_block_size"):  # the int4 artifact's parameters by storage type
+            if key in artifact:
+                record[key] = artifact[key]
         report.add_artifact(record)
         report.save()
         records.append(record)

@@ -88,8 +88,10 @@ def export_stage(context: Context) -> dict:
                                  qat_learned_ranges=len(learned or {}))  # the rest from calibration
             continue
         if mode == "int4":
-            finish(mode, mode, path, lambda path=path: int4.to_int4_tflite(model, seq_length, output_path=path))
-            artifacts[-1]["weights"] = int4.weight_storage(path)  # parameters by storage type
+            finish(mode, mode, path, lambda path=path: int4.to_int4_tflite(
+                model, seq_length, output_path=path, block_size=cfg.int4_block_size))
+            artifacts[-1].update(weights=int4.weight_storage(path),  # parameters by storage type
+                                 int4_block_size=cfg.int4_block_size)
             continue
         finish(mode, mode, path, lambda mode=mode, path=path, calibrated=calibrated: tflite.to_tflite(
             model, mode, seq_length=seq_length, representative=train if calibrated else None,
