@@ -6,7 +6,7 @@ one scale per block of ``block_size`` input weights (its ``dynamic_wi4b*`` recip
 channel, ``dynamic_wi4c``): activations stay float and are quantized on the fly by the kernels, as in
 ``dynamic``. On the 6-layer SST-2 student (2,693 test sentences, seq 44; benchmarks/RESULTS.md,
 2026-12-02) blocks of 128 kept its Keras accuracy (0.9142 vs 0.9138) where per-channel scales lost
-0.55 pt, for 6 % more gzip and latency; blocks of 32 cost 20 % more gzip and 38 % more time. For the file to shrink, the word-embedding table (half of
+0.55 pt, for 6 % more gzip and 9-20 % more time; blocks of 32 cost 20 % more gzip and ~50 % more time. For the file to shrink, the word-embedding table (half of
 MiniLM-L6's 22.7 M weights) must be int4 too: the converter makes HF's lookup a GATHER, which the
 quantizer leaves float, so the model is traced through :func:`tfcompress.export.rewrites.embedding_lookups`
 and the converter emits EMBEDDING_LOOKUP, whose table the recipe quantizes. The position and
