@@ -162,7 +162,8 @@ def main(argv=None):
             record["path"] = path_kind
             rows[name] = record
             # partial results survive an interrupted run (int16x8 runs ~1.5 s per sentence on CPU)
-            atomic_write_json(HERE / "results" / "export_variants.partial.json", {"keras": keras_metrics, "artifacts": rows})
+            atomic_write_json(HERE / "results" / f"{args.name}.partial.json",
+                              {"keras": keras_metrics, "artifacts": rows})
             print(f"{name}: accuracy {record['metrics']['accuracy']:.4f} agreement {record['agreement']:.4f} "
                   f"size {record['size_bytes'] / 1e6:.1f} MB gzip {record['gzip_bytes'] / 1e6:.1f} MB "
                   f"p50 2 threads {record['latency_ms']['threads2']['p50']:.2f} ms", flush=True)
@@ -185,7 +186,7 @@ def main(argv=None):
                  f"{args.num_calibration} calibration sentences from train.tsv.")
     write_results(args.name, "python benchmarks/export_variants.py " + " ".join(sys.argv[1:]),
                   {"keras": keras_metrics, "artifacts": rows, "settings": vars(args)}, lines)
-    (HERE / "results" / "export_variants.partial.json").unlink(missing_ok=True)  # the run finished
+    (HERE / "results" / f"{args.name}.partial.json").unlink(missing_ok=True)  # the run finished
     print("\n".join(lines))
 
 

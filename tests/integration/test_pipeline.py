@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SST_ROWS, build_tiny_model
+from conftest import SST_ROWS, build_tiny_model, seeded_weights
 from tfcompress import report as report_module
 from tfcompress.config import constants
 from tfcompress.config import recipe
@@ -613,13 +613,13 @@ def test_mixed_precision_reaches_the_training_stage_and_does_not_leak(tiny_run, 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tiny_tokenizer):
-    """One chain exporting fp32, int16x8 and int4, gated against the fine-tuned model (any agreement),
-    releasing int16x8 and int4 only."""
+    """One chain exporting fp32 and int16x8, gated against the fine-tuned model, releasing int16x8 only."""
     from tfcompress.cli import commands as cli
     from tfcompress.models.loading import save_model
 
     folder = tmp_path_factory.mktemp("reference_run")
-    save_model(build_tiny_model("sequence"), tiny_tokenizer, folder / "tiny-model")
+    # seeded: tf_keras draws other initial weights in each process, and int16x8 must pass the gate every time
+    save_model(seeded_weights(build_tiny_model("sequence")), tiny_tokenizer, folder / "tiny-model")
     csv = folder / "train.csv"
     csv.write_text("text,label\n" + "".join(f"{s},{l}\n" for s, l in SST_ROWS))
     out = folder / "run"
@@ -627,9 +627,8 @@ def reference_run(tmp_path_factory, tiny_tokenizer):
         patch.setattr(sys, "argv", list(sys.argv))
         assert cli.main(["run", "custom_csv", "--smoke", "--model", str(folder / "tiny-model"), "--train-file",
                          str(csv), "--output-dir", str(out), "--batch-size", "4", "--stages",
-                         "finetune,export,evaluate,release", "--export", "fp32,int16x8,int4", "--accuracy-budget", "100",
-                         "--set", "evaluate.reference=finetune", "--set", "evaluate.min_agreement=0",
-                         "--set", "release.artifacts=int16x8,int4", "--set", "export.int4_block_size=32"]) == 0
+                         "finetune,export,evaluate,release", "--export", "fp32,int16x8", "--accuracy-budget", "100",
+                         "--set", "evaluate.reference=finetune", "--set", "release.artifacts=int16x8"]) == 0
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -640,11 +639,16 @@ def test_int16x8_goes_through_export_evaluate_and_release(reference_run):
     assert (out / "release" / "int16x8" / "model.tflite").is_file()
 
 
-def test_int4_goes_through_export_evaluate_and_release_with_its_weight_storage(reference_run):
-    """The int4 artifact's record and manifest say how its parameters are stored, as its file does."""
+def test_int4_goes_through_export_evaluate_and_release_with_its_weight_storage(tiny_run, monkeypatch):
+    """The int4 artifact's record and manifest say how its parameters are stored, as its file does (a tiny
+    model after a few steps: its int4 predictions churn, so the agreement floor is off)."""
     from tfcompress.export import int4
 
-    out, report = reference_run
+    command, out = tiny_run
+    command = [part if part != "fp32,int8" else "int4" for part in command]
+    _in_process(command + ["--stages", "finetune,export,evaluate,release", "--accuracy-budget", "100",
+                           "--set", "evaluate.min_agreement=0", "--set", "export.int4_block_size=32"], monkeypatch)
+    report = json.loads((out / "report.json").read_text())
     record = next(a for a in report["artifacts"] if a["name"] == "int4")
     stored = int4.weight_storage(out / "export" / "int4.tflite")
     assert record["weights"] == stored and stored["int4"] > 10 * stored["float32"]
@@ -664,8 +668,8 @@ def test_reference_finetune_gates_every_artifact_against_the_fine_tuned_metric(r
 def test_release_artifacts_releases_only_the_listed_ones(reference_run):
     out, report = reference_run
     release = next(s for s in report["stages"] if s["name"] == "release")
-    assert release["released"] == ["int16x8", "int4"]
-    assert sorted(p.name for p in (out / "release").iterdir() if p.is_dir()) == ["int16x8", "int4"]
+    assert release["released"] == ["int16x8"]
+    assert sorted(p.name for p in (out / "release").iterdir() if p.is_dir()) == ["int16x8"]
 
 
 def test_reference_finetune_without_a_finetune_stage_is_refused(reference_run, tmp_path, monkeypatch, capsys):

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import build_tiny_model, seeded_weights
 from tfcompress._compat import tf
-from tfcompress.evaluate import runtime
+from tfcompress.evaluate import integer, runtime
 from tfcompress.export import int4, rewrites, tflite
 from tfcompress.models.facts import model_input_names
 from test_export import SEQ_LENGTH, _features
@@ -16,13 +16,14 @@ def _inputs(model, features):
     return {name: features[name] for name in model_input_names(model)}
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "mpnet", "distilbert"])
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "mpnet", "distilbert", "electra"])
 def test_the_lookup_rewrite_gives_embedding_lookup_and_the_same_float_function(model_type):
-    """RoBERTa and MPNet take their position ids from the token ids (padding at the pad id's position):
-    the rewrite must keep them, so the float graph matches Keras on padded rows too."""
-    model = seeded_weights(build_tiny_model("sequence", model_type), seed=3)
+    """RoBERTa and MPNet take their position ids from the token ids (the pad id 1 gets the padding
+    position): the rewrite must keep them, so a token classifier's logits match Keras at every position,
+    padded ones included (sequential positions would move those)."""
+    model = seeded_weights(build_tiny_model("token", model_type), seed=3)
     features = _features(6, seed=4, width=SEQ_LENGTH)
-    if model_type == "roberta":  # its pad id is 1
+    if model_type in ("roberta", "mpnet"):  # their padding index is 1
         features["input_ids"] = np.where(features["attention_mask"] == 1, features["input_ids"], 1).astype(np.int32)
     layer = getattr(model, model.base_model_prefix).embeddings
     undo = rewrites.embedding_lookups(model)
@@ -44,6 +45,9 @@ def test_int4_export_stores_matmuls_and_word_embeddings_in_four_bits(tmp_path, b
     model = seeded_weights(build_tiny_model("sequence"), seed=5)
     path = tmp_path / "int4.tflite"
     int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path, block_size=block_size)
+    graph = integer.read_graph(path)
+    int4_weights = [tensor for op in graph["ops"] for tensor in op["inputs"] if tensor["dtype"] == "int4"]
+    assert int4_weights and {tensor.get("block_size", 0) for tensor in int4_weights} == {block_size}
     graph_ops = runtime.op_names(path)
     assert "EMBEDDING_LOOKUP" in graph_ops and graph_ops.count("FULLY_CONNECTED") >= 12
     storage = int4.weight_storage(path)
@@ -74,7 +78,7 @@ def test_a_block_size_the_model_widths_do_not_take_is_refused_naming_the_field(t
 
     model = build_tiny_model("sequence")  # hidden 32, intermediate 64
     path = tmp_path / "int4.tflite"
-    with pytest.raises(ConfigError, match=r"export.int4_block_size=128: .* width \[32, 64\] .* divisor of 32"):
+    with pytest.raises(ConfigError, match=r"export.int4_block_size=128: .* width \[32, 64\] .* use one of \[32\]"):
         int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path, block_size=128)
     with pytest.raises(ConfigError, match=r"export.int4_block_size=100: must be one of \[0, 32, 64, 128, 256\]"):
         int4.to_int4_tflite(model, SEQ_LENGTH, output_path=path, block_size=100)
@@ -116,6 +120,7 @@ def test_int4_mode_is_opt_in_made_by_the_quantizer_and_needs_it(monkeypatch):
     with pytest.raises(ConfigError, match="export.int4_block_size=48"):
         ExportStageConfig(modes=["int4"], int4_block_size=48).validate()
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_quantizer" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ai_edge_quantizer" else real(name, *a))
     with pytest.raises(ConfigError, match=r"\['int4'\], made by the LiteRT quantizer.*requirements-integer.txt"):
         ExportStageConfig(modes=["dynamic", "int4"]).validate()

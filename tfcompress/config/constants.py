@@ -25,7 +25,7 @@ STAGE_ORDER = ("teacher", "finetune", "distill", "prune", "trim", "qat", "export
 QUANTIZED_ACTIVATION_MODES = ("int8", "int16x8")  # the stock converter's calibrated modes
 LITERT_QUANTIZER_MODES = ("integer", "int4")  # made by the optional LiteRT quantizer (requirements-integer.txt)
 # The int4 export's weights per scale (0: one per output channel). 128 kept the 6-layer SST-2 student's
-# accuracy where per-channel scales lost 0.55 pt (benchmarks/RESULTS.md, 2026-12-02).
+# accuracy where per-channel scales lost 0.56 pt (benchmarks/RESULTS.md, 2026-12-02).
 INT4_BLOCK_SIZES = (0, 32, 64, 128, 256)
 DEFAULT_INT4_BLOCK_SIZE = 128
 IO_TYPES = ("float", "int8")

@@ -6,9 +6,9 @@ import importlib.util
 import json
 from dataclasses import dataclass, field
 
-from tfcompress.config.constants import (DEFAULT_INT8_FLOAT_OPS, DEFAULT_INTEGER_INT8_OPS, DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES,
-                                        DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES, LITERT_QUANTIZER_MODES, STAGE_ORDER,
-                                        TFLITE_METADATA_MODES)
+from tfcompress.config.constants import (DEFAULT_INT4_BLOCK_SIZE, DEFAULT_INT8_FLOAT_OPS, DEFAULT_INTEGER_INT8_OPS,
+                                        DEFAULT_OUTLIER_PERCENTILE, EXPORT_MODES, INT4_BLOCK_SIZES,
+                                        LITERT_QUANTIZER_MODES, STAGE_ORDER, TFLITE_METADATA_MODES)
 from tfcompress.config.training import DistillConfig, PruneConfig, QATConfig, TrainConfig
 from tfcompress.utils import to_json
 from tfcompress.errors import ConfigError
@@ -174,7 +174,8 @@ class ExportStageConfig:
     # int16x8, integer and int4 are opt-in (--export ...,int16x8): LiteRT has no fast CPU int16 path (6-layer
     # SST-2 model at seq 44: 180 ms per sentence against 3.6 ms for dynamic-range; RESULTS.md,
     # 2026-11-25), and integer and int4 need the optional LiteRT quantizer.
-    modes: list[str] = field(default_factory=lambda: [m for m in EXPORT_MODES if m not in ("int16x8",) + LITERT_QUANTIZER_MODES])
+    modes: list[str] = field(default_factory=lambda: [
+        m for m in EXPORT_MODES if m not in ("int16x8",) + LITERT_QUANTIZER_MODES])
     seq_length: int = 0
     seq_percentile: float = 99.0
     num_calibration: int = 200
@@ -210,8 +211,8 @@ class ExportStageConfig:
             raise ConfigError(f"export.integer_int8_ops={self.integer_int8_ops!r}: must be TFLite op type names "
                               "such as FULLY_CONNECTED")
         if self.int4_block_size not in INT4_BLOCK_SIZES:
-            raise ConfigError(f"export.int4_block_size={self.int4_block_size!r}: must be one of {list(INT4_BLOCK_SIZES)} "
-                              "(0: one scale per output channel)")
+            raise ConfigError(f"export.int4_block_size={self.int4_block_size!r}: must be one of "
+                              f"{list(INT4_BLOCK_SIZES)} (0: one scale per output channel)")
         needs = [mode for mode in self.modes if mode in LITERT_QUANTIZER_MODES]
         if needs and importlib.util.find_spec("ai_edge_quantizer") is None:
             raise ConfigError(f"export.modes has {needs}, made by the LiteRT quantizer, which is not installed: "

@@ -64,7 +64,8 @@ def read_graph(model) -> dict:
 
     Returns ``{"ops": [...], "inputs": [tensor indices], "outputs": [tensor indices]}``; each op is
     ``{"index", "op", "inputs": [tensor], "outputs": [tensor], "options": {...}}`` and each tensor
-    ``{"index", "name", "dtype", "shape", "constant"}`` (``constant``: it has data in the file).
+    ``{"index", "name", "dtype", "shape", "constant"}`` (``constant``: it has data in the file), and
+    ``block_size`` for a tensor quantized with one scale per block of that many weights.
     Optional inputs (index -1) are left out.
 
     Raises:
@@ -91,9 +92,15 @@ def read_graph(model) -> dict:
         item = graph.Tensors(index)
         buffer = root.Buffers(item.Buffer()) if item.Buffer() < root.BuffersLength() else None
         constant = buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0)
-        return {"index": index, "name": (item.Name() or b"").decode(), "dtype": type_names.get(item.Type(), "?"),
-                "shape": [int(d) for d in item.ShapeAsNumpy()] if item.ShapeLength() else [],
-                "constant": bool(constant)}
+        row = {"index": index, "name": (item.Name() or b"").decode(), "dtype": type_names.get(item.Type(), "?"),
+               "shape": [int(d) for d in item.ShapeAsNumpy()] if item.ShapeLength() else [],
+               "constant": bool(constant)}
+        quantization = item.Quantization()
+        if quantization is not None and quantization.DetailsType() == schema.QuantizationDetails.BlockwiseQuantization:
+            details = schema.BlockwiseQuantization()
+            details.Init(quantization.Details().Bytes, quantization.Details().Pos)
+            row["block_size"] = int(details.BlockSize())  # one scale per this many weights
+        return row
 
     ops = []
     for position in range(graph.OperatorsLength()):

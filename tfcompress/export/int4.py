@@ -6,14 +6,16 @@ one scale per block of ``block_size`` input weights (its ``dynamic_wi4b*`` recip
 channel, ``dynamic_wi4c``): activations stay float and are quantized on the fly by the kernels, as in
 ``dynamic``. On the 6-layer SST-2 student (2,693 test sentences, seq 44; benchmarks/RESULTS.md,
 2026-12-02) blocks of 128 kept its Keras accuracy (0.9142 vs 0.9138) where per-channel scales lost
-0.55 pt, for 6 % more gzip and 9-20 % more time; blocks of 32 cost 20 % more gzip and ~50 % more time. For the file to shrink, the word-embedding table (half of
+0.56 pt, for 6 % more gzip and -7 to +20 % time (noisy, shared CPU); blocks of 32 cost 20 % more
+gzip and ~50 % more time. For the file to shrink, the word-embedding table (half of
 MiniLM-L6's 22.7 M weights) must be int4 too: the converter makes HF's lookup a GATHER, which the
 quantizer leaves float, so the model is traced through :func:`tfcompress.export.rewrites.embedding_lookups`
 and the converter emits EMBEDDING_LOOKUP, whose table the recipe quantizes. The position and
 token-type tables, biases and LayerNorm stay float (small).
 
 The result is checked from its graph before anything is written: an EMBEDDING_LOOKUP with an int4
-table and no FULLY_CONNECTED with a float kernel, or :class:`Int4ExportError` naming what stayed float.
+table, no FULLY_CONNECTED with a float kernel and every int4 weight at the block size asked for, or
+:class:`Int4ExportError` naming what is not.
 
 Example:
     >>> content = to_int4_tflite(model, seq_length=64, output_path="out/export/int4.tflite")
@@ -21,6 +23,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Sequence
 
@@ -59,28 +62,39 @@ def weight_storage(model) -> dict[str, int]:
     return dict(counts)
 
 
-def _float_weights(content: bytes) -> list[str]:
-    """The weight ops whose table or kernel stayed float (``"OP tensor-name"``), and a missing lookup."""
+def _weights(ops: list[dict]):
+    """``(op, constant weight tensor)`` of every FULLY_CONNECTED (kernel) and EMBEDDING_LOOKUP (table)."""
+    for op in ops:
+        weight = op["inputs"][1] if op["op"] in WEIGHT_OPS and len(op["inputs"]) > 1 else None  # FC: (x, kernel)
+        if weight is not None and weight["constant"]:
+            yield op, weight
+
+
+def _not_int4(content: bytes, block_size: int) -> list[str]:
+    """The weights that stayed float or got another block size (``"OP tensor-name (...)"``), and a missing
+    lookup."""
     ops = read_graph(content)["ops"]
     left = []
-    for op in ops:
-        if op["op"] not in WEIGHT_OPS:
-            continue
-        weight = op["inputs"][1] if len(op["inputs"]) > 1 else None  # FC: (input, kernel); lookup: (ids, table)
-        if weight is not None and weight["constant"] and weight["dtype"] != "int4":
-            left.append(f"{op['op']} {weight['name']} ({weight['dtype']}, {weight['shape']})")
+    for op, weight in _weights(ops):
+        if weight["dtype"] != "int4" or weight.get("block_size", 0) != block_size:
+            left.append(f"{op['op']} {weight['name']} ({weight['dtype']}, {weight['shape']}, "
+                        f"block {weight.get('block_size', 0)})")
     if not any(op["op"] == "EMBEDDING_LOOKUP" for op in ops):
         left.append("no EMBEDDING_LOOKUP: the word embeddings are still a GATHER")
     return left
+
+
+def _check_known(block_size) -> None:
+    if block_size not in INT4_BLOCK_SIZES:
+        raise ConfigError(f"export.int4_block_size={block_size!r}: must be one of {list(INT4_BLOCK_SIZES)} "
+                          "(0: one scale per output channel)")
 
 
 def int4_recipe(block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> list[dict]:
     """The LiteRT quantizer's dynamic int4 recipe with one scale per ``block_size`` weights (0: per channel)."""
     from ai_edge_quantizer import recipe  # optional dependency (requirements-integer.txt)
 
-    if block_size not in INT4_BLOCK_SIZES:
-        raise ConfigError(f"export.int4_block_size={block_size!r}: must be one of {list(INT4_BLOCK_SIZES)} "
-                          "(0: one scale per output channel)")
+    _check_known(block_size)
     rules = recipe.dynamic_wi4c_afp32()
     if block_size:
         for rule in rules:
@@ -92,15 +106,12 @@ def check_block_size(float_content: bytes, block_size: int) -> None:
     """Every kernel's input width and the word-embedding width must be a multiple of ``block_size``."""
     if not block_size:
         return
-    odd = set()
-    for op in read_graph(float_content)["ops"]:
-        weight = op["inputs"][1] if op["op"] in WEIGHT_OPS and len(op["inputs"]) > 1 else None
-        if weight is not None and weight["constant"] and weight["shape"][-1] % block_size:
-            odd.add(weight["shape"][-1])
+    widths = {weight["shape"][-1] for _, weight in _weights(read_graph(float_content)["ops"])}
+    odd = sorted(width for width in widths if width % block_size)
     if odd:
-        raise ConfigError(f"export.int4_block_size={block_size}: the model's weight rows of width {sorted(odd)} are "
-                          f"not a multiple of it; use a divisor of {min(odd)} among {list(INT4_BLOCK_SIZES)}, "
-                          "or 0 for one scale per channel")
+        fits = [size for size in INT4_BLOCK_SIZES if size and math.gcd(*widths) % size == 0] or [0]
+        raise ConfigError(f"export.int4_block_size={block_size}: the model's weight rows of width {odd} are "
+                          f"not a multiple of it; use one of {fits} (0: one scale per channel)")
 
 
 def quantize_weights(float_content: bytes, block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> bytes:
@@ -112,9 +123,11 @@ def quantize_weights(float_content: bytes, block_size: int = DEFAULT_INT4_BLOCK_
     engine = quantizer.Quantizer(bytearray(float_content))
     engine.load_quantization_recipe(rules)
     content = bytes(engine.quantize(enable_progress_report=False).quantized_model)
-    left = _float_weights(content)
+    left = _not_int4(content, block_size)
     if left:
-        raise Int4ExportError(f"the int4 recipe left {len(left)} weight(s) outside int4: " + "; ".join(left[:10]))
+        wanted = f"blocks of {block_size}" if block_size else "per channel"
+        raise Int4ExportError(f"the int4 recipe left {len(left)} weight(s) outside int4 {wanted}: "
+                              + "; ".join(left[:10]))
     return content
 
 
@@ -140,6 +153,7 @@ def to_int4_tflite(model, seq_length: int = 128, input_names: Sequence[str] | No
         ConfigError: a block size that is not one of those, or does not divide the model's widths.
         NotImplementedError: the model has no embeddings layer the lookup rewrite knows.
     """
+    _check_known(block_size)  # before the trace and conversion
     names = list(input_names or model_input_names(model))
     undo = embedding_lookups(model)
     try:
