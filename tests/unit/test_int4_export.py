@@ -124,3 +124,29 @@ def test_int4_mode_is_opt_in_made_by_the_quantizer_and_needs_it(monkeypatch):
                         lambda name, *a: None if name == "ai_edge_quantizer" else real(name, *a))
     with pytest.raises(ConfigError, match=r"\['int4'\], made by the LiteRT quantizer.*requirements-integer.txt"):
         ExportStageConfig(modes=["dynamic", "int4"]).validate()
+
+
+def test_a_model_past_the_quantizers_external_buffers_keeps_its_weights_inside_the_file(tmp_path):
+    """Past 256 KB of weights the LiteRT quantizer stores them after the flatbuffer, by offset, which
+    MediaPipe's metadata writer loses; the export stores them inside, and LiteRT gives the same logits."""
+    from ai_edge_litert import schema_py_generated
+    from ai_edge_quantizer import quantizer
+
+    model = seeded_weights(build_tiny_model("sequence", vocab_size=20000), seed=7)  # a 320 KB int4 table
+    content = int4.to_int4_tflite(model, SEQ_LENGTH, block_size=32)
+    root = schema_py_generated.Model.GetRootAs(content, 0)
+    assert all(root.Buffers(index).Offset() <= 1 for index in range(root.BuffersLength()))
+    undo = rewrites.embedding_lookups(model)
+    try:
+        concrete = tflite.serving_function(model, SEQ_LENGTH)
+    finally:
+        undo()
+    engine = quantizer.Quantizer(bytearray(tflite.convert(tf.lite.TFLiteConverter.from_concrete_functions(
+        [concrete], model))))
+    engine.load_quantization_recipe(int4.int4_recipe(32))
+    external = bytes(engine.quantize(enable_progress_report=False).quantized_model)
+    root = schema_py_generated.Model.GetRootAs(external, 0)
+    assert any(root.Buffers(index).Offset() > 1 for index in range(root.BuffersLength()))  # what it fixes
+    features = _features(4, seed=8, width=SEQ_LENGTH)
+    np.testing.assert_array_equal(runtime.TFLiteModel(content).predict(features),
+                                  runtime.TFLiteModel(external).predict(features))

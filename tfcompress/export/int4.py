@@ -33,6 +33,7 @@ from tfcompress._compat import tf
 from tfcompress.config.constants import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES
 from tfcompress.errors import ArtifactError, ConfigError
 from tfcompress.evaluate.integer import read_graph
+from tfcompress.export.litert_quantizer import inline_buffers
 from tfcompress.export.rewrites import embedding_lookups
 from tfcompress.export.tflite import check_builtin_only, convert, serving_function
 from tfcompress.models.facts import model_input_names
@@ -122,7 +123,7 @@ def quantize_weights(float_content: bytes, block_size: int = DEFAULT_INT4_BLOCK_
     check_block_size(float_content, block_size)
     engine = quantizer.Quantizer(bytearray(float_content))
     engine.load_quantization_recipe(rules)
-    content = bytes(engine.quantize(enable_progress_report=False).quantized_model)
+    content = inline_buffers(bytes(engine.quantize(enable_progress_report=False).quantized_model))
     left = _not_int4(content, block_size)
     if left:
         wanted = f"blocks of {block_size}" if block_size else "per channel"
