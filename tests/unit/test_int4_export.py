@@ -126,27 +126,23 @@ def test_int4_mode_is_opt_in_made_by_the_quantizer_and_needs_it(monkeypatch):
         ExportStageConfig(modes=["dynamic", "int4"]).validate()
 
 
-def test_a_model_past_the_quantizers_external_buffers_keeps_its_weights_inside_the_file(tmp_path):
-    """Past 256 KB of weights the LiteRT quantizer stores them after the flatbuffer, by offset, which
-    MediaPipe's metadata writer loses; the export stores them inside, and LiteRT gives the same logits."""
+def test_a_model_past_the_quantizers_external_buffers_gets_metadata_and_the_same_logits(tmp_path, tiny_vocab_dir):
+    """Past 256 KB of weights the LiteRT quantizer stores them after the flatbuffer, by offset; MediaPipe's
+    metadata writer re-serializes the model and lost them. The written file holds them and gives the
+    exported file's logits, bit for bit."""
     from ai_edge_litert import schema_py_generated
-    from ai_edge_quantizer import quantizer
 
+    from conftest import import_mediapipe
+    from tfcompress.export import metadata
+
+    import_mediapipe()
     model = seeded_weights(build_tiny_model("sequence", vocab_size=20000), seed=7)  # a 320 KB int4 table
-    content = int4.to_int4_tflite(model, SEQ_LENGTH, block_size=32)
-    root = schema_py_generated.Model.GetRootAs(content, 0)
-    assert all(root.Buffers(index).Offset() <= 1 for index in range(root.BuffersLength()))
-    undo = rewrites.embedding_lookups(model)
-    try:
-        concrete = tflite.serving_function(model, SEQ_LENGTH)
-    finally:
-        undo()
-    engine = quantizer.Quantizer(bytearray(tflite.convert(tf.lite.TFLiteConverter.from_concrete_functions(
-        [concrete], model))))
-    engine.load_quantization_recipe(int4.int4_recipe(32))
-    external = bytes(engine.quantize(enable_progress_report=False).quantized_model)
-    root = schema_py_generated.Model.GetRootAs(external, 0)
-    assert any(root.Buffers(index).Offset() > 1 for index in range(root.BuffersLength()))  # what it fixes
-    features = _features(4, seed=8, width=SEQ_LENGTH)
-    np.testing.assert_array_equal(runtime.TFLiteModel(content).predict(features),
-                                  runtime.TFLiteModel(external).predict(features))
+    exported, released = tmp_path / "int4.tflite", tmp_path / "model.tflite"
+    int4.to_int4_tflite(model, SEQ_LENGTH, block_size=32, output_path=exported)
+    root = schema_py_generated.Model.GetRootAs(exported.read_bytes(), 0)
+    assert any(root.Buffers(index).Offset() > 1 for index in range(root.BuffersLength()))  # the case
+    inputs = runtime.TFLiteModel(exported).input_details
+    metadata.write_metadata(exported, released, tiny_vocab_dir / "vocab.txt", ["negative", "positive"],
+                            {role: inputs[name]["name"] for role, name in metadata.BERT_INPUTS.items()},
+                            "tiny int4", "test", "1")
+    assert metadata.check_same_outputs(exported, released, 20000) > 0

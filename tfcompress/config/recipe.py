@@ -131,6 +131,13 @@ class TrimStageConfig:
             raise ConfigError(f"trim.keep_first={self.keep_first!r}: must be an integer >= 0")
 
 
+def check_int4_block_size(block_size) -> None:
+    """``export.int4_block_size`` must be one of :data:`INT4_BLOCK_SIZES` (0: one scale per output channel)."""
+    if block_size not in INT4_BLOCK_SIZES:
+        raise ConfigError(f"export.int4_block_size={block_size!r}: must be one of {list(INT4_BLOCK_SIZES)} "
+                          "(0: one scale per output channel)")
+
+
 @dataclass
 class ExportStageConfig:
     """Which TFLite artifacts to write.
@@ -210,9 +217,7 @@ class ExportStageConfig:
         if not all(isinstance(op, str) and op.isupper() for op in self.integer_int8_ops):
             raise ConfigError(f"export.integer_int8_ops={self.integer_int8_ops!r}: must be TFLite op type names "
                               "such as FULLY_CONNECTED")
-        if self.int4_block_size not in INT4_BLOCK_SIZES:
-            raise ConfigError(f"export.int4_block_size={self.int4_block_size!r}: must be one of "
-                              f"{list(INT4_BLOCK_SIZES)} (0: one scale per output channel)")
+        check_int4_block_size(self.int4_block_size)
         needs = [mode for mode in self.modes if mode in LITERT_QUANTIZER_MODES]
         if needs and importlib.util.find_spec("ai_edge_quantizer") is None:
             raise ConfigError(f"export.modes has {needs}, made by the LiteRT quantizer, which is not installed: "
@@ -403,9 +408,10 @@ class RecipeConfig:
                    else "the distill stage prunes, and this chain has none")
             raise ConfigError(f"prune.during='distill': {why} (stages={self.stages!r})")
         if self.prune.during == "distill" and self.distill_train.early_stopping_patience:
-            raise ConfigError(f"distill_train.early_stopping_patience={self.distill_train.early_stopping_patience} with "
-                              "prune.during='distill': stopping early could end training before the pruning schedule "
-                              "reaches its final sparsity; set it to 0")
+            patience = self.distill_train.early_stopping_patience
+            raise ConfigError(f"distill_train.early_stopping_patience={patience} with prune.during='distill': stopping "
+                              "early could end training before the pruning schedule reaches its final sparsity; set it "
+                              "to 0")
         if "teacher" in self.stages and not self.teacher.model:
             raise ConfigError("teacher.model is empty (--teacher): the teacher stage needs a checkpoint to fine-tune")
         if "teacher" in self.stages and "distill" in self.stages and self.student.teacher:

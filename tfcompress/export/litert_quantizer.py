@@ -92,24 +92,6 @@ class IntegerRecipe:
                                                  algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
 
 
-def inline_buffers(content: bytes) -> bytes:
-    """The same model with every constant inside the flatbuffer.
-
-    Above 256 KB of weights the LiteRT quantizer appends them after the flatbuffer and points at them by
-    offset. LiteRT reads that, but tools that re-serialize the model do not: MediaPipe's metadata writer
-    wrote a file LiteRT refused ("Constant buffer 28 specified an out of range offset", a 4-layer SST-2
-    model in int4). LiteRT's own ``flatbuffer_utils`` reads the offsets back into the buffers.
-    """
-    from ai_edge_litert import schema_py_generated
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    root = schema_py_generated.Model.GetRootAs(content, 0)
-    if not any(root.Buffers(index).Offset() > 1 for index in range(root.BuffersLength())):
-        return content
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(flatbuffer_utils.read_model_from_bytearray(
-        bytearray(content))))
-
-
 def float_graph(model, seq_length: int, input_names: Sequence[str] | None = None,
                 attention_mask_floor: float = DEFAULT_ATTENTION_MASK_FLOOR, points: dict | None = None) -> bytes:
     """The float ``.tflite`` of the integer-friendly graph (what the quantizer starts from).
@@ -184,7 +166,7 @@ def quantize(float_content: bytes, samples: list[dict], recipe: IntegerRecipe | 
         calibrated = calibration[name]
         calibration[name] = {**calibrated, "min": np.full_like(calibrated["min"], low),
                              "max": np.full_like(calibrated["max"], high)}
-    content = inline_buffers(bytes(engine.quantize(calibration, enable_progress_report=False).quantized_model))
+    content = bytes(engine.quantize(calibration, enable_progress_report=False).quantized_model)
     report = integer_report(content)
     if not report["integer_only"]:
         # The ops with no integer rule first; the QUANTIZE/DEQUANTIZE around them only follow from them.

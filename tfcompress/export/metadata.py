@@ -162,6 +162,24 @@ def unfit_reason(artifact: TFLiteModel, tokenizer, label_names: Sequence[str]) -
     return None
 
 
+def inline_buffers(content: bytes) -> bytes:
+    """The same model with every constant inside the flatbuffer (what MediaPipe's metadata writer needs).
+
+    Above 256 KB of weights the LiteRT quantizer (``integer``, ``int4``) appends them after the flatbuffer
+    and points at them by offset. LiteRT reads that, but the metadata writer re-serializes the model
+    without them and wrote a file LiteRT refused ("Constant buffer 28 specified an out of range offset", a
+    4-layer SST-2 model in int4). LiteRT's own ``flatbuffer_utils`` reads the offsets back into the buffers.
+    """
+    from ai_edge_litert import schema_py_generated
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    root = schema_py_generated.Model.GetRootAs(content, 0)
+    if not any(root.Buffers(index).Offset() > 1 for index in range(root.BuffersLength())):
+        return content
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(flatbuffer_utils.read_model_from_bytearray(
+        bytearray(content))))
+
+
 def write_metadata(model_path, output_path, vocab_path, label_names: Sequence[str], input_tensors: dict[str, str],
                    name: str, description: str, version: str) -> dict:
     """Write ``model_path`` with MediaPipe text-classifier metadata to ``output_path`` (atomically).
@@ -179,7 +197,7 @@ def write_metadata(model_path, output_path, vocab_path, label_names: Sequence[st
     """
     mp = load_mediapipe()
     writer = mp.text_writer.MetadataWriter.create_for_bert_model(
-        bytearray(Path(model_path).read_bytes()), mp.writer.BertTokenizer(str(vocab_path)),
+        bytearray(inline_buffers(Path(model_path).read_bytes())), mp.writer.BertTokenizer(str(vocab_path)),
         mp.writer.Labels().add(list(label_names)), ids_name=input_tensors["ids"],
         mask_name=input_tensors["mask"], segment_name=input_tensors["segment_ids"])
     # create_for_bert_model names the model "TextClassifier"; its add_general_info takes no version,
