@@ -27,6 +27,12 @@ class RegressedArtifactError(TfcompressError, RuntimeError):
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
               (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 ASCII_PUNCTUATION_RANGES = ((33, 47), (58, 64), (91, 96), (123, 126))
+# What the parity gate measured, copied from the artifact record into the manifest (how it passed:
+# on which split and how many examples it agreed, how far its logits moved, the budget it met).
+RECORD_FIELDS = ("name", "quantization", "seq_length", "sparsity", "metrics", "primary_metric", "reference_metric",
+                 "accuracy_budget", "agreement", "min_agreement", "agreement_split", "agreement_examples",
+                 "agreement_test", "logit_error", "latency_ms", "float_ops", "integer_only", "integer_check",
+                 "passed", "document_context", "case_segments", "weights", "int4_block_size")
 
 
 def tokenizer_settings(tokenizer, seq_length: int) -> dict:
@@ -136,9 +142,7 @@ def release_bundle(artifact_path, release_dir, tokenizer, label_names: Sequence[
         "vocab": "vocab.txt",
     }
     if record is not None:
-        for key in ("name", "quantization", "seq_length", "sparsity", "metrics", "agreement",
-                    "latency_ms", "float_ops", "integer_only", "integer_check", "passed", "document_context",
-                    "case_segments", "weights", "int4_block_size"):
+        for key in RECORD_FIELDS:
             if key in record:
                 manifest[key] = record[key]
     manifest["clients"] = {"litert": {

@@ -320,6 +320,12 @@ def test_a_finished_chain_writes_release_bundles_report_table_plot_and_tensorboa
     bundle = out / "release" / "fp32"
     assert (bundle / "model.tflite").exists()
     assert (bundle / "labels.txt").read_text().split() == ["negative", "positive"]
+    # the manifest says how the parity gate passed the file, as the report does
+    record = next(a for a in json.loads((out / "report.json").read_text())["artifacts"] if a["name"] == "fp32")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for key in ("agreement_split", "agreement_examples", "logit_error", "accuracy_budget", "min_agreement",
+                "reference_metric", "passed"):
+        assert manifest[key] == record[key], key
     assert "| fp32 (tflite) |" in (out / "report.md").read_text()
     assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     assert list((out / "tensorboard" / "summary").glob("events.out.tfevents.*"))

@@ -38,8 +38,8 @@ def _run_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="run a recipe's whole stage chain (resumable)",
         description="Run a packaged recipe (or a recipe script) with the remaining arguments, e.g. "
-                    "`tfcompress run sst2 --smoke`. The recipe's stages (finetune, prune, export, evaluate, "
-                    "release by default) run in order; a rerun skips finished stages and resumes an "
+                    "`tfcompress run sst2 --smoke`. The recipe's stages (sst2: finetune, distill, prune, trim, "
+                    "export, evaluate, release) run in order; a rerun skips finished stages and resumes an "
                     "interrupted one. `tfcompress run sst2 --help` lists the recipe's own flags.")
     parser.add_argument("recipe", help="a packaged recipe (sst2, conll2003, custom_csv) or a path to a recipe script")
     parser.add_argument("recipe_args", nargs=argparse.REMAINDER,
