@@ -403,8 +403,10 @@ def summary(task: str, result: dict) -> list[str]:
                      f"{_number(row.get('latency_ratio_vs_stock_dynamic'), '.2f')} | "
                      f"{released} | {ci} |")
     sps, verdict = result["train_samples_per_second"], result["verdict"]
-    lines += ["", f"Training samples/s: stock `model.fit` {sps['stock']:.1f}, tfcompress finetune "
-                  f"{_number(sps['tfcompress_finetune'], '.1f')} (ratio **{_number(sps['ratio'], '.2f')}x**).",
+    ours = (f"tfcompress finetune {sps['tfcompress_finetune']:.1f} (ratio **{sps['ratio']:.2f}x**)"
+            if sps.get("tfcompress_finetune") is not None and sps.get("ratio") is not None
+            else "tfcompress: no finetune stage in this chain")
+    lines += ["", f"Training samples/s: stock `model.fit` {sps['stock']:.1f}, {ours}.",
               f"Released artifact dominates stock dynamic ({metric} ≥, gzip ≤ {DOMINATES['gzip_ratio']}x, p50 ≤ "
               f"{DOMINATES['latency_ratio']}x): **{'yes' if verdict['released_dominates_stock_dynamic'] else 'no'}** "
               f"({', '.join(verdict['dominating_artifacts']) or 'none'}).",
