@@ -404,8 +404,7 @@ def summary(task: str, result: dict) -> list[str]:
                      f"{released} | {ci} |")
     sps, verdict = result["train_samples_per_second"], result["verdict"]
     ours = (f"tfcompress finetune {sps['tfcompress_finetune']:.1f} (ratio **{sps['ratio']:.2f}x**)"
-            if sps.get("tfcompress_finetune") is not None and sps.get("ratio") is not None
-            else "tfcompress: no finetune stage in this chain")
+            if sps.get("ratio") is not None else "tfcompress: no finetune stage in this chain")
     lines += ["", f"Training samples/s: stock `model.fit` {sps['stock']:.1f}, {ours}.",
               f"Released artifact dominates stock dynamic ({metric} ≥, gzip ≤ {DOMINATES['gzip_ratio']}x, p50 ≤ "
               f"{DOMINATES['latency_ratio']}x): **{'yes' if verdict['released_dominates_stock_dynamic'] else 'no'}** "
