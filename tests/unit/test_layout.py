@@ -102,3 +102,12 @@ def test_the_public_api_does_not_import_the_pipeline():
     tree = ast.parse((PACKAGE / "__init__.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not any(module.startswith(("tfcompress.pipeline", "tfcompress.cli")) for module in imported)
+
+
+def test_the_layout_guide_names_every_part_of_the_package():
+    """docs/layout.md is the newcomer's map: a subpackage or module missing from it is a part nobody can find."""
+    guide = (PACKAGE.parent / "docs" / "layout.md").read_text()
+    parts = sorted(path.name for path in PACKAGE.iterdir()
+                   if path.name != "__init__.py" and (path.suffix == ".py" or (path / "__init__.py").exists()))
+    missing = [name for name in parts if f"  {name}{'/' if not name.endswith('.py') else ''} " not in guide]
+    assert not missing, f"docs/layout.md does not describe {missing}"
