@@ -109,5 +109,5 @@ def test_the_layout_guide_names_every_part_of_the_package():
     guide = (PACKAGE.parent / "docs" / "layout.md").read_text()
     parts = sorted(path.name for path in PACKAGE.iterdir()
                    if path.name != "__init__.py" and (path.suffix == ".py" or (path / "__init__.py").exists()))
-    missing = [name for name in parts if f"  {name}{'/' if not name.endswith('.py') else ''} " not in guide]
+    missing = [name for name in parts if f"  {name if name.endswith('.py') else name + '/'} " not in guide]
     assert not missing, f"docs/layout.md does not describe {missing}"
